@@ -1,0 +1,13 @@
+//! Who is calling: Kurral keys, their hashes, and the table the workers check them against.
+//!
+//! - `key`: the key format, generation and hashing (only SHA-256 hashes are ever stored).
+//! - `store`: the append-only key file in the data dir, and the table built from it, reloaded
+//!   by a watcher thread so that a running server sees new and revoked keys without restart.
+
+pub mod headers;
+pub mod key;
+pub mod store;
+
+pub use headers::{identify, CallIdentity};
+pub use key::{generate_key, hash_key, KeyHash};
+pub use store::{KeyInfo, KeyStore, KeyTable, SharedKeys};

@@ -1,0 +1,263 @@
+//! The key file (`keys.jsonl` in the data dir) and the in-memory table built from it.
+//!
+//! The file is append-only JSON lines, `create` and `revoke` events, written under an exclusive
+//! file lock and fsynced, so `keys create` works whether or not a server holds the data dir and
+//! two writers never interleave. It holds key hashes, never keys. The server's watcher thread
+//! reloads the table when the file grows; workers read the current table through an `ArcSwap`
+//! (no lock on the request path).
+
+use std::collections::HashMap;
+use std::fs::{File, OpenOptions};
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use serde::{Deserialize, Serialize};
+
+use super::key::{from_hex, generate_key, hash_key, random_base62, to_hex, KeyHash, KEY_PREFIX};
+
+const KEY_FILE: &str = "keys.jsonl";
+/// How often the server looks for new or revoked keys.
+const RELOAD_INTERVAL: Duration = Duration::from_millis(250);
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyInfo {
+    pub id: Arc<str>,
+    pub user: Arc<str>,
+}
+
+/// Listing entry for `keys list`.
+#[derive(Debug, Clone, Serialize)]
+pub struct KeyListing {
+    pub id: String,
+    pub user: String,
+    pub prefix: String,
+    pub created_at: String,
+    pub revoked: bool,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+enum KeyEvent {
+    Create { id: String, user: String, hash: String, prefix: String, created_at: String },
+    Revoke { id: String, at: String },
+}
+
+/// Active keys by hash.
+#[derive(Debug, Default)]
+pub struct KeyTable {
+    by_hash: HashMap<KeyHash, KeyInfo>,
+}
+
+impl KeyTable {
+    pub fn lookup(&self, key: &[u8]) -> Option<&KeyInfo> {
+        self.by_hash.get(&hash_key(key))
+    }
+
+    pub fn len(&self) -> usize {
+        self.by_hash.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.by_hash.is_empty()
+    }
+}
+
+pub type SharedKeys = Arc<ArcSwap<KeyTable>>;
+
+pub struct KeyStore {
+    path: PathBuf,
+}
+
+impl KeyStore {
+    pub fn new(data_dir: &Path) -> KeyStore {
+        KeyStore { path: data_dir.join(KEY_FILE) }
+    }
+
+    /// Creates a key for `user`; returns the key (shown once) and its id.
+    pub fn create(&self, user: &str) -> std::io::Result<(String, String)> {
+        if user.trim().is_empty() {
+            return Err(std::io::Error::new(std::io::ErrorKind::InvalidInput, "user may not be empty"));
+        }
+        let key = generate_key();
+        let id = format!("key_{}", random_base62(12));
+        let event = KeyEvent::Create {
+            id: id.clone(),
+            user: user.to_string(),
+            hash: to_hex(&hash_key(key.as_bytes())),
+            prefix: key[..KEY_PREFIX.len() + 4].to_string(),
+            created_at: now_rfc3339(),
+        };
+        self.append(&event)?;
+        Ok((key, id))
+    }
+
+    /// Revokes by key id or by the key itself. Returns false when no active key matched.
+    pub fn revoke(&self, id_or_key: &str) -> std::io::Result<bool> {
+        let listing = self.list()?;
+        let id = if id_or_key.starts_with(KEY_PREFIX) {
+            let (_, ids) = self.read_events()?;
+            ids.get(&hash_key(id_or_key.as_bytes())).cloned()
+        } else {
+            Some(id_or_key.to_string())
+        };
+        let Some(id) = id.filter(|id| listing.iter().any(|k| &k.id == id && !k.revoked)) else {
+            return Ok(false);
+        };
+        self.append(&KeyEvent::Revoke { id, at: now_rfc3339() })?;
+        Ok(true)
+    }
+
+    pub fn list(&self) -> std::io::Result<Vec<KeyListing>> {
+        let (listing, _) = self.read_events()?;
+        Ok(listing)
+    }
+
+    pub fn load(&self) -> std::io::Result<KeyTable> {
+        let (listing, ids) = self.read_events()?;
+        let users: HashMap<&str, &KeyListing> = listing.iter().map(|k| (k.id.as_str(), k)).collect();
+        let mut by_hash = HashMap::new();
+        for (hash, id) in ids {
+            if let Some(k) = users.get(id.as_str()).filter(|k| !k.revoked) {
+                by_hash.insert(hash, KeyInfo { id: id.as_str().into(), user: k.user.as_str().into() });
+            }
+        }
+        Ok(KeyTable { by_hash })
+    }
+
+    /// Size of the key file, used by the watcher to notice changes.
+    fn version(&self) -> u64 {
+        std::fs::metadata(&self.path).map_or(0, |m| m.len())
+    }
+
+    fn read_events(&self) -> std::io::Result<(Vec<KeyListing>, HashMap<KeyHash, String>)> {
+        let file = match File::open(&self.path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((Vec::new(), HashMap::new())),
+            Err(e) => return Err(e),
+        };
+        let mut listing: Vec<KeyListing> = Vec::new();
+        let mut ids = HashMap::new();
+        for line in BufReader::new(file).lines() {
+            let line = line?;
+            // A line cut short by a crash mid-append is skipped, not fatal: every complete line
+            // before and after it is still read.
+            let Ok(event) = serde_json::from_str::<KeyEvent>(&line) else { continue };
+            match event {
+                KeyEvent::Create { id, user, hash, prefix, created_at } => {
+                    let Some(hash) = from_hex(&hash) else { continue };
+                    ids.insert(hash, id.clone());
+                    listing.push(KeyListing { id, user, prefix, created_at, revoked: false });
+                }
+                KeyEvent::Revoke { id, .. } => {
+                    for k in listing.iter_mut().filter(|k| k.id == id) {
+                        k.revoked = true;
+                    }
+                }
+            }
+        }
+        Ok((listing, ids))
+    }
+
+    fn append(&self, event: &KeyEvent) -> std::io::Result<()> {
+        if let Some(dir) = self.path.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        let mut file = OpenOptions::new().create(true).append(true).open(&self.path)?;
+        file.lock()?;
+        let mut line = serde_json::to_vec(event).map_err(std::io::Error::other)?;
+        line.push(b'\n');
+        file.write_all(&line)?;
+        file.sync_data()?;
+        Ok(())
+    }
+}
+
+/// Loads the table and starts a thread that reloads it when the key file changes, until `stop`.
+pub fn watch_keys(store: KeyStore, stop: Arc<AtomicBool>) -> std::io::Result<(SharedKeys, std::thread::JoinHandle<()>)> {
+    let mut seen = store.version();
+    let shared: SharedKeys = Arc::new(ArcSwap::from_pointee(store.load()?));
+    let table = shared.clone();
+    let handle = std::thread::Builder::new().name("kurral-keys".into()).spawn(move || {
+        while !stop.load(Ordering::Relaxed) {
+            std::thread::sleep(RELOAD_INTERVAL);
+            let now = store.version();
+            if now != seen {
+                match store.load() {
+                    Ok(t) => {
+                        tracing::info!(keys = t.len(), "key table reloaded");
+                        table.store(Arc::new(t));
+                        seen = now;
+                    }
+                    Err(e) => tracing::warn!("key file unreadable, keeping the current table: {e}"),
+                }
+            }
+        }
+    })?;
+    Ok((shared, handle))
+}
+
+pub fn now_rfc3339() -> String {
+    humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn create_lookup_revoke() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = KeyStore::new(dir.path());
+        assert!(store.load().unwrap().is_empty());
+        let (key, id) = store.create("alice").unwrap();
+        let (key2, _) = store.create("bob").unwrap();
+        let table = store.load().unwrap();
+        assert_eq!(&*table.lookup(key.as_bytes()).unwrap().user, "alice");
+        assert_eq!(&*table.lookup(key2.as_bytes()).unwrap().user, "bob");
+        assert!(table.lookup(b"kr_live_nope").is_none());
+
+        let file = std::fs::read_to_string(dir.path().join(KEY_FILE)).unwrap();
+        assert!(!file.contains(&key), "the key itself is never stored");
+
+        assert!(store.revoke(&id).unwrap());
+        assert!(!store.revoke(&id).unwrap(), "already revoked");
+        assert!(store.load().unwrap().lookup(key.as_bytes()).is_none());
+        assert!(store.revoke(&key2).unwrap(), "revoke by the key itself");
+        assert!(store.load().unwrap().is_empty());
+        assert_eq!(store.list().unwrap().iter().filter(|k| k.revoked).count(), 2);
+    }
+
+    #[test]
+    fn a_torn_line_is_skipped() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = KeyStore::new(dir.path());
+        let (a, _) = store.create("a").unwrap();
+        std::fs::OpenOptions::new().append(true).open(dir.path().join(KEY_FILE)).unwrap().write_all(b"{\"op\":\"cre").unwrap();
+        let table = store.load().unwrap();
+        assert!(table.lookup(a.as_bytes()).is_some());
+    }
+
+    #[test]
+    fn watcher_sees_new_and_revoked_keys() {
+        let dir = tempfile::tempdir().unwrap();
+        let stop = Arc::new(AtomicBool::new(false));
+        let (shared, handle) = watch_keys(KeyStore::new(dir.path()), stop.clone()).unwrap();
+        let (key, id) = KeyStore::new(dir.path()).create("carol").unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while shared.load().lookup(key.as_bytes()).is_none() {
+            assert!(std::time::Instant::now() < deadline, "new key never seen");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        KeyStore::new(dir.path()).revoke(&id).unwrap();
+        while shared.load().lookup(key.as_bytes()).is_some() {
+            assert!(std::time::Instant::now() < deadline, "revocation never seen");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        stop.store(true, Ordering::Relaxed);
+        handle.join().unwrap();
+    }
+}

@@ -1,0 +1,14 @@
+//! Capture: one record per call, handed from the workers to one writer thread.
+//!
+//! - `record`: `CallRecord` and its versioned encoding.
+//! - `writer`: the bounded crossbeam channel, the async-waiting sender the workers hold, and the
+//!   writer thread that batches records into a `RecordSink`.
+//! - `store`: the RocksDB sink and the read side (feature `store`).
+
+pub mod record;
+#[cfg(feature = "store")]
+pub mod store;
+pub mod writer;
+
+pub use record::{CallRecord, Env, Outcome, Retention};
+pub use writer::{start_writer, CaptureSender, CaptureStats, RecordSink};

@@ -1,0 +1,154 @@
+//! The capture record of one call, and its encoding in the store.
+//!
+//! Field names follow the `Call` shape of the read API. Usage, cost, content and tools come from
+//! the usage scanner; this record holds what every call has. Encoded as one version byte then
+//! JSON, so later versions can change the layout and still read old records.
+
+use serde::{Deserialize, Serialize};
+
+/// Version byte of the current record encoding.
+pub const RECORD_VERSION: u8 = 1;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    Ok,
+    UpstreamError,
+    ClientCancelled,
+    Timeout,
+    Rejected,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Retention {
+    None,
+    Metadata,
+    Full,
+}
+
+impl Retention {
+    pub fn parse(v: &[u8]) -> Option<Retention> {
+        match v {
+            b"none" => Some(Retention::None),
+            b"metadata" => Some(Retention::Metadata),
+            b"full" => Some(Retention::Full),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Env {
+    Production,
+    Staging,
+    Development,
+}
+
+impl Env {
+    pub fn parse(v: &[u8]) -> Option<Env> {
+        match v {
+            b"production" => Some(Env::Production),
+            b"staging" => Some(Env::Staging),
+            b"development" => Some(Env::Development),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CallRecord {
+    /// Our own id for the call (UUIDv7: time-ordered), returned as `x-kurral-request-id`.
+    pub id: String,
+    pub session_id: String,
+    pub user: String,
+    pub key_id: String,
+    pub agent: String,
+    pub env: Env,
+    pub provider: String,
+    pub endpoint: String,
+    pub model: Option<String>,
+    pub stream: bool,
+    /// HTTP status sent to the client.
+    pub status: u16,
+    /// Status the upstream answered with, when it answered.
+    pub upstream_status: Option<u16>,
+    pub outcome: Outcome,
+    /// Short reason when the outcome is not `ok`; never contains credentials.
+    pub error: Option<String>,
+    /// RFC 3339, UTC, milliseconds.
+    pub started_at: String,
+    /// From the first byte of the request head to the last byte relayed to the client.
+    pub latency_ms: f64,
+    /// From request start to the upstream's response head.
+    pub ttfb_ms: Option<f64>,
+    /// From request start to the first body byte written to the client; streams only.
+    pub ttft_ms: Option<f64>,
+    pub retention: Retention,
+    /// Request body bytes received from the client.
+    pub request_bytes: u64,
+    /// Response body bytes relayed to the client.
+    pub response_bytes: u64,
+}
+
+impl CallRecord {
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = vec![RECORD_VERSION];
+        serde_json::to_writer(&mut out, self).expect("a record always serializes");
+        out
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<CallRecord, String> {
+        match bytes.split_first() {
+            Some((&RECORD_VERSION, json)) => serde_json::from_slice(json).map_err(|e| format!("bad record: {e}")),
+            Some((v, _)) => Err(format!("unknown record version {v}")),
+            None => Err("empty record".into()),
+        }
+    }
+}
+
+#[cfg(test)]
+pub(crate) fn sample(id: &str) -> CallRecord {
+    CallRecord {
+        id: id.into(),
+        session_id: "s".into(),
+        user: "u".into(),
+        key_id: "key_1".into(),
+        agent: "agent".into(),
+        env: Env::Production,
+        provider: "openai".into(),
+        endpoint: "chat.completions".into(),
+        model: Some("gpt-4o".into()),
+        stream: true,
+        status: 200,
+        upstream_status: Some(200),
+        outcome: Outcome::Ok,
+        error: None,
+        started_at: "2026-11-26T00:00:00.000Z".into(),
+        latency_ms: 12.5,
+        ttfb_ms: Some(3.0),
+        ttft_ms: Some(3.1),
+        retention: Retention::Metadata,
+        request_bytes: 10,
+        response_bytes: 20,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn encoding_round_trips_and_is_versioned() {
+        let r = sample("a");
+        let bytes = r.encode();
+        assert_eq!(bytes[0], RECORD_VERSION);
+        assert_eq!(CallRecord::decode(&bytes).unwrap(), r);
+        assert!(CallRecord::decode(&[9, b'{', b'}']).is_err());
+        assert!(CallRecord::decode(&[]).is_err());
+        let json: serde_json::Value = serde_json::from_slice(&bytes[1..]).unwrap();
+        assert_eq!(json["outcome"], "ok");
+        assert_eq!(json["env"], "production");
+    }
+}

@@ -1,0 +1,174 @@
+//! The path from a worker to the store: a bounded crossbeam channel and one writer thread.
+//!
+//! A worker never blocks its thread on capture: `CaptureSender::send` tries the channel and, when
+//! it is full, parks only the calling connection on a short timer and tries again. It never drops
+//! a record. The writer thread takes whatever is queued (up to `MAX_BATCH`) and writes it as one
+//! batch, so the write rate follows the load (group commit); when every sender is gone it drains
+//! the channel and returns.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use crossbeam_channel::{bounded, Receiver, Sender, TrySendError};
+
+use super::record::CallRecord;
+
+/// Records per write batch: large enough to amortize a WAL write under load, small enough that
+/// one batch is a few hundred KiB.
+const MAX_BATCH: usize = 512;
+/// Back-off bounds while the channel is full.
+const FULL_WAIT_MIN: Duration = Duration::from_micros(200);
+const FULL_WAIT_MAX: Duration = Duration::from_millis(20);
+
+/// Where batches go: RocksDB in the server, memory in tests.
+pub trait RecordSink: Send + 'static {
+    fn write_batch(&mut self, records: &[CallRecord]) -> std::io::Result<()>;
+}
+
+/// Counters shared by the senders and the writer.
+#[derive(Debug, Default)]
+pub struct CaptureStats {
+    /// Records accepted by the writer and written.
+    pub written: AtomicU64,
+    /// Times a sender found the channel full and had to wait.
+    pub full_waits: AtomicU64,
+    /// Batches that failed to write (retried until they succeed).
+    pub write_errors: AtomicU64,
+}
+
+#[derive(Clone)]
+pub struct CaptureSender {
+    tx: Sender<CallRecord>,
+    stats: Arc<CaptureStats>,
+}
+
+impl CaptureSender {
+    /// Hands a record to the writer, waiting (asynchronously, on the monoio timer) while the
+    /// channel is full.
+    pub async fn send(&self, mut record: CallRecord) {
+        let mut wait = FULL_WAIT_MIN;
+        loop {
+            match self.tx.try_send(record) {
+                Ok(()) => return,
+                Err(TrySendError::Full(r)) => {
+                    record = r;
+                    self.stats.full_waits.fetch_add(1, Ordering::Relaxed);
+                    monoio::time::sleep(wait).await;
+                    wait = (wait * 2).min(FULL_WAIT_MAX);
+                }
+                Err(TrySendError::Disconnected(r)) => {
+                    // Only possible if the writer thread died; say so rather than lose it quietly.
+                    tracing::error!(id = %r.id, "capture writer is gone; record lost");
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Blocking send, for threads outside a monoio runtime.
+    pub fn send_blocking(&self, record: CallRecord) {
+        if self.tx.send(record).is_err() {
+            tracing::error!("capture writer is gone; record lost");
+        }
+    }
+
+    pub fn stats(&self) -> &Arc<CaptureStats> {
+        &self.stats
+    }
+}
+
+/// Starts the writer thread. It ends when every `CaptureSender` clone has been dropped and the
+/// channel is drained.
+pub fn start_writer(mut sink: impl RecordSink, capacity: usize) -> std::io::Result<(CaptureSender, JoinHandle<()>)> {
+    let (tx, rx) = bounded::<CallRecord>(capacity);
+    let stats = Arc::new(CaptureStats::default());
+    let writer_stats = stats.clone();
+    let handle = std::thread::Builder::new()
+        .name("kurral-capture".into())
+        .spawn(move || run_writer(&rx, &mut sink, &writer_stats))?;
+    Ok((CaptureSender { tx, stats }, handle))
+}
+
+fn run_writer(rx: &Receiver<CallRecord>, sink: &mut dyn RecordSink, stats: &CaptureStats) {
+    let mut batch = Vec::with_capacity(MAX_BATCH);
+    while let Ok(first) = rx.recv() {
+        batch.push(first);
+        while batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(r) => batch.push(r),
+                Err(_) => break,
+            }
+        }
+        let mut retry = Duration::from_millis(10);
+        while let Err(e) = sink.write_batch(&batch) {
+            // A failing disk must not lose records: keep them and retry. Senders wait meanwhile
+            // because the channel fills.
+            stats.write_errors.fetch_add(1, Ordering::Relaxed);
+            tracing::error!("capture write failed, retrying: {e}");
+            std::thread::sleep(retry);
+            retry = (retry * 2).min(Duration::from_secs(1));
+        }
+        stats.written.fetch_add(batch.len() as u64, Ordering::Relaxed);
+        batch.clear();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::capture::record::sample;
+    use std::sync::Mutex;
+
+    #[derive(Clone, Default)]
+    struct MemSink {
+        batches: Arc<Mutex<Vec<Vec<String>>>>,
+        fail_first: Arc<AtomicU64>,
+        delay: Duration,
+    }
+
+    impl RecordSink for MemSink {
+        fn write_batch(&mut self, records: &[CallRecord]) -> std::io::Result<()> {
+            std::thread::sleep(self.delay);
+            if self.fail_first.load(Ordering::Relaxed) > 0 {
+                self.fail_first.fetch_sub(1, Ordering::Relaxed);
+                return Err(std::io::Error::other("disk full"));
+            }
+            self.batches.lock().unwrap().push(records.iter().map(|r| r.id.clone()).collect());
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_full_channel_waits_and_nothing_is_lost() {
+        let sink = MemSink { delay: Duration::from_millis(5), ..Default::default() };
+        sink.fail_first.store(2, Ordering::Relaxed);
+        let (tx, handle) = start_writer(sink.clone(), 4).unwrap();
+        let stats = tx.stats().clone();
+        let n = 300;
+        let mut rt = monoio::RuntimeBuilder::<monoio::LegacyDriver>::new().enable_timer().build().unwrap();
+        rt.block_on(async {
+            let mut tasks = Vec::new();
+            for i in 0..n {
+                let tx = tx.clone();
+                tasks.push(monoio::spawn(async move { tx.send(sample(&format!("r{i}"))).await }));
+            }
+            for t in tasks {
+                t.await;
+            }
+        });
+        drop(tx);
+        handle.join().unwrap();
+        let batches = sink.batches.lock().unwrap();
+        let mut ids: Vec<String> = batches.iter().flatten().cloned().collect();
+        ids.sort();
+        ids.dedup();
+        assert_eq!(ids.len(), n, "every record written exactly once");
+        assert_eq!(batches.iter().map(Vec::len).sum::<usize>(), n);
+        assert!(stats.full_waits.load(Ordering::Relaxed) > 0, "the channel filled and senders waited");
+        assert_eq!(stats.write_errors.load(Ordering::Relaxed), 2);
+        assert_eq!(stats.written.load(Ordering::Relaxed), n as u64);
+        assert!(batches.iter().any(|b| b.len() > 1), "records were batched");
+    }
+}

@@ -1,0 +1,274 @@
+//! Raw settings (flags, env, config file) resolved once into a validated `Config`.
+//!
+//! Precedence: flags beat env (clap resolves those two), env beats the file, the file beats the
+//! defaults. Every limit is a named constant here with the reason for its default.
+
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::cli::ServeArgs;
+use crate::provider::Provider;
+use crate::upstream::UpstreamUrl;
+
+/// Largest request head (request line and fields). SDK heads are under 2 KiB; 32 KiB leaves room
+/// for long cookies or tracing headers and bounds the memory a slow client can pin.
+pub const MAX_HEAD_BYTES: usize = 32 * 1024;
+/// Longest request-target; the seed's paths are under 120 bytes, a Gemini `?key=` adds ~50.
+pub const MAX_TARGET_BYTES: usize = 8 * 1024;
+/// The seed's documented request body limit (10 MB).
+pub const MAX_BODY_BYTES: u64 = 10 * 1024 * 1024;
+/// The seed's documented request timeout: request start to last response byte from upstream.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(120);
+/// TCP connect plus TLS handshake to an upstream.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// A request head must arrive completely within this time of its first byte (absolute, so a
+/// client trickling bytes cannot hold a connection: slowloris).
+pub const HEAD_TIMEOUT: Duration = Duration::from_secs(30);
+/// An idle keep-alive connection is closed after this long without a new request.
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(75);
+/// A client that accepts no bytes for this long is dropped, so it cannot pin an upstream stream.
+pub const CLIENT_WRITE_TIMEOUT: Duration = Duration::from_secs(60);
+/// Time given to in-flight calls on SIGTERM/SIGINT before the process exits anyway.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
+/// Records waiting for the writer thread; past this a connection waits (it never drops one).
+pub const CAPTURE_CHANNEL_CAPACITY: usize = 16 * 1024;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DriverChoice {
+    Auto,
+    Uring,
+    Epoll,
+}
+
+#[derive(Debug, Clone)]
+pub struct Limits {
+    pub max_head_bytes: usize,
+    pub max_target_bytes: usize,
+    pub max_body_bytes: u64,
+    pub request_timeout: Duration,
+    pub connect_timeout: Duration,
+    pub head_timeout: Duration,
+    pub idle_timeout: Duration,
+    pub client_write_timeout: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_head_bytes: MAX_HEAD_BYTES,
+            max_target_bytes: MAX_TARGET_BYTES,
+            max_body_bytes: MAX_BODY_BYTES,
+            request_timeout: REQUEST_TIMEOUT,
+            connect_timeout: CONNECT_TIMEOUT,
+            head_timeout: HEAD_TIMEOUT,
+            idle_timeout: IDLE_TIMEOUT,
+            client_write_timeout: CLIENT_WRITE_TIMEOUT,
+        }
+    }
+}
+
+/// The resolved configuration the server runs with.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub data_dir: PathBuf,
+    pub workers: usize,
+    /// Indexed by `Provider::index()`.
+    pub upstreams: [UpstreamUrl; 3],
+    pub upstream_ca: Option<PathBuf>,
+    pub driver: DriverChoice,
+    pub limits: Limits,
+    pub shutdown_grace: Duration,
+    pub capture_channel_capacity: usize,
+}
+
+impl Config {
+    pub fn upstream(&self, p: Provider) -> &UpstreamUrl {
+        &self.upstreams[p.index()]
+    }
+
+    /// A configuration for tests and embedding: defaults, the given data dir, loopback port 0.
+    pub fn for_data_dir(data_dir: &Path) -> Config {
+        resolve_with_env(ServeArgs { listen: Some("127.0.0.1:0".into()), data_dir: Some(data_dir.into()), ..Default::default() }, &|_| None)
+            .expect("defaults are valid")
+    }
+}
+
+/// The config file's shape. Every field optional; unknown fields are an error so typos show.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    listen: Option<String>,
+    data_dir: Option<PathBuf>,
+    workers: Option<usize>,
+    upstream_ca: Option<PathBuf>,
+    driver: Option<String>,
+    #[serde(default)]
+    upstream: FileUpstreams,
+    #[serde(default)]
+    limits: FileLimits,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileUpstreams {
+    openai: Option<String>,
+    anthropic: Option<String>,
+    google: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileLimits {
+    max_head_bytes: Option<usize>,
+    max_target_bytes: Option<usize>,
+    max_body_bytes: Option<u64>,
+    request_timeout_secs: Option<u64>,
+    connect_timeout_secs: Option<u64>,
+    head_timeout_secs: Option<u64>,
+    idle_timeout_secs: Option<u64>,
+    client_write_timeout_secs: Option<u64>,
+    shutdown_grace_secs: Option<u64>,
+}
+
+pub fn resolve(args: ServeArgs) -> Result<Config, String> {
+    resolve_with_env(args, &|name| std::env::var(name).ok())
+}
+
+fn resolve_with_env(args: ServeArgs, env: &dyn Fn(&str) -> Option<String>) -> Result<Config, String> {
+    let file = match &args.config {
+        Some(path) => {
+            let text = std::fs::read_to_string(path).map_err(|e| format!("config file {}: {e}", path.display()))?;
+            toml::from_str::<FileConfig>(&text).map_err(|e| format!("config file {}: {e}", path.display()))?
+        }
+        None => FileConfig::default(),
+    };
+
+    let listen_text = args.listen.or(file.listen).unwrap_or_else(|| "127.0.0.1:8080".into());
+    let listen = listen_text
+        .to_socket_addrs()
+        .map_err(|e| format!("--listen {listen_text}: {e}"))?
+        .next()
+        .ok_or_else(|| format!("--listen {listen_text}: no address"))?;
+
+    let workers = args
+        .workers
+        .or(file.workers)
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    if workers == 0 || workers > 1024 {
+        return Err(format!("--workers must be between 1 and 1024, got {workers}"));
+    }
+
+    // Upstreams: flag, then env, then file, then the provider's real API.
+    let mut from_flags: [Option<String>; 3] = Default::default();
+    for spec in &args.upstreams {
+        let (name, url) = spec.split_once('=').ok_or_else(|| format!("--upstream expects NAME=URL, got {spec}"))?;
+        let p = Provider::from_name(name).ok_or_else(|| format!("--upstream: unknown provider {name} (openai, anthropic, google)"))?;
+        from_flags[p.index()] = Some(url.to_string());
+    }
+    let from_file = [file.upstream.openai, file.upstream.anthropic, file.upstream.google];
+    let mut upstreams = Vec::with_capacity(3);
+    for p in Provider::ALL {
+        let env_name = format!("KURRAL_UPSTREAM_{}", p.name().to_ascii_uppercase());
+        let url = from_flags[p.index()]
+            .clone()
+            .or_else(|| env(&env_name))
+            .or_else(|| from_file[p.index()].clone())
+            .unwrap_or_else(|| p.default_upstream().to_string());
+        upstreams.push(UpstreamUrl::parse(&url).map_err(|e| format!("{} upstream: {e}", p.name()))?);
+    }
+    let upstreams: [UpstreamUrl; 3] = upstreams.try_into().expect("three providers");
+
+    let driver = match args.driver.or(file.driver).as_deref() {
+        None | Some("auto") => DriverChoice::Auto,
+        Some("uring") | Some("io_uring") => DriverChoice::Uring,
+        Some("epoll") | Some("legacy") => DriverChoice::Epoll,
+        Some(other) => return Err(format!("--driver must be auto, uring or epoll, got {other}")),
+    };
+
+    let d = Limits::default();
+    let fl = file.limits;
+    let secs = |v: Option<u64>, default: Duration| v.map_or(default, Duration::from_secs);
+    let limits = Limits {
+        max_head_bytes: fl.max_head_bytes.unwrap_or(d.max_head_bytes),
+        max_target_bytes: fl.max_target_bytes.unwrap_or(d.max_target_bytes),
+        max_body_bytes: args.max_body_bytes.or(fl.max_body_bytes).unwrap_or(d.max_body_bytes),
+        request_timeout: secs(args.request_timeout_secs.or(fl.request_timeout_secs), d.request_timeout),
+        connect_timeout: secs(fl.connect_timeout_secs, d.connect_timeout),
+        head_timeout: secs(fl.head_timeout_secs, d.head_timeout),
+        idle_timeout: secs(fl.idle_timeout_secs, d.idle_timeout),
+        client_write_timeout: secs(fl.client_write_timeout_secs, d.client_write_timeout),
+    };
+    if limits.max_head_bytes < 1024 {
+        return Err("max_head_bytes must be at least 1024".into());
+    }
+    if limits.request_timeout.is_zero() {
+        return Err("request timeout must be at least one second".into());
+    }
+
+    Ok(Config {
+        listen,
+        data_dir: args.data_dir.or(file.data_dir).unwrap_or_else(|| PathBuf::from("./data")),
+        workers,
+        upstreams,
+        upstream_ca: args.upstream_ca.or(file.upstream_ca),
+        driver,
+        limits,
+        shutdown_grace: secs(args.shutdown_grace_secs.or(fl.shutdown_grace_secs), SHUTDOWN_GRACE),
+        capture_channel_capacity: CAPTURE_CHANNEL_CAPACITY,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args() -> ServeArgs {
+        ServeArgs::default()
+    }
+
+    #[test]
+    fn defaults_are_the_real_providers() {
+        let c = resolve_with_env(args(), &|_| None).unwrap();
+        assert_eq!(c.listen.to_string(), "127.0.0.1:8080");
+        assert_eq!(c.upstream(Provider::OpenAi).to_string(), "https://api.openai.com");
+        assert_eq!(c.upstream(Provider::Google).authority, "generativelanguage.googleapis.com");
+        assert_eq!(c.limits.max_body_bytes, MAX_BODY_BYTES);
+        assert_eq!(c.limits.request_timeout, Duration::from_secs(120));
+    }
+
+    #[test]
+    fn flags_beat_env_beat_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("k.toml");
+        std::fs::write(
+            &file,
+            "workers = 3\n[upstream]\nopenai = \"http://file:1\"\nanthropic = \"http://file:2\"\ngoogle = \"http://file:3\"\n",
+        )
+        .unwrap();
+        let a = ServeArgs { config: Some(file), upstreams: vec!["openai=http://flag:9".into()], ..args() };
+        let env = |n: &str| (n == "KURRAL_UPSTREAM_ANTHROPIC").then(|| "http://env:8".to_string());
+        let c = resolve_with_env(a, &env).unwrap();
+        assert_eq!(c.workers, 3);
+        assert_eq!(c.upstream(Provider::OpenAi).to_string(), "http://flag:9");
+        assert_eq!(c.upstream(Provider::Anthropic).to_string(), "http://env:8");
+        assert_eq!(c.upstream(Provider::Google).to_string(), "http://file:3");
+    }
+
+    #[test]
+    fn bad_settings_are_named() {
+        let bad = [
+            ServeArgs { upstreams: vec!["azure=http://x".into()], ..args() },
+            ServeArgs { upstreams: vec!["openai".into()], ..args() },
+            ServeArgs { workers: Some(0), ..args() },
+            ServeArgs { driver: Some("kqueue".into()), ..args() },
+            ServeArgs { listen: Some("nowhere".into()), ..args() },
+        ];
+        for a in bad {
+            assert!(resolve_with_env(a, &|_| None).is_err());
+        }
+    }
+}

@@ -1,0 +1,111 @@
+//! The running proxy: worker threads, the capture writer, the key watcher, and shutdown.
+//!
+//! - `runtime`: listeners (SO_REUSEPORT, one per worker), worker threads and driver choice.
+//! - `worker`: one worker's accept loop and draining at shutdown.
+//! - `conn`: the life of a client connection, phase by phase.
+//! - `client`: the client socket and its read buffer.
+
+pub mod client;
+pub mod conn;
+pub mod runtime;
+pub mod worker;
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use rustls::ClientConfig;
+
+use crate::auth::store::watch_keys;
+use crate::auth::{KeyStore, SharedKeys};
+use crate::capture::{start_writer, CaptureSender, CaptureStats, RecordSink};
+use crate::config::Config;
+
+/// What every worker reads: resolved config, key table, capture channel, TLS config, and the
+/// shutdown flag.
+pub struct Shared {
+    pub config: Config,
+    pub keys: SharedKeys,
+    pub capture: CaptureSender,
+    pub tls: Arc<ClientConfig>,
+    pub shutdown: Arc<AtomicBool>,
+}
+
+/// A started server. `shutdown` stops accepting, lets in-flight calls finish (bounded by the
+/// grace period), then drains the capture channel into the store.
+pub struct ServerHandle {
+    pub addr: SocketAddr,
+    pub driver: runtime::Driver,
+    shared: Option<Arc<Shared>>,
+    stop: Arc<AtomicBool>,
+    workers: Vec<JoinHandle<()>>,
+    writer: Option<JoinHandle<()>>,
+    key_watcher: Option<JoinHandle<()>>,
+    stats: Arc<CaptureStats>,
+}
+
+impl ServerHandle {
+    pub fn capture_stats(&self) -> &Arc<CaptureStats> {
+        &self.stats
+    }
+
+    pub fn shutdown(mut self) {
+        self.stop_all();
+    }
+
+    fn stop_all(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        for w in self.workers.drain(..) {
+            if w.join().is_err() {
+                tracing::error!("a worker thread panicked");
+            }
+        }
+        // The last capture sender goes with `shared`; the writer then drains and returns.
+        self.shared.take();
+        if let Some(writer) = self.writer.take() {
+            let _ = writer.join();
+        }
+        if let Some(k) = self.key_watcher.take() {
+            let _ = k.join();
+        }
+    }
+}
+
+impl Drop for ServerHandle {
+    fn drop(&mut self) {
+        self.stop_all();
+    }
+}
+
+/// Starts the workers with `sink` as the capture store.
+pub fn start_with_sink(config: Config, sink: impl RecordSink) -> Result<ServerHandle, String> {
+    let tls = crate::upstream::tls_client_config(config.upstream_ca.as_deref())?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let (keys, key_watcher) = watch_keys(KeyStore::new(&config.data_dir), stop.clone()).map_err(|e| format!("key file: {e}"))?;
+    let (capture, writer) = start_writer(sink, config.capture_channel_capacity).map_err(|e| e.to_string())?;
+    let stats = capture.stats().clone();
+    let driver = runtime::choose_driver(config.driver)?;
+    let listeners = runtime::bind_listeners(config.listen, config.workers)?;
+    let addr = listeners[0].local_addr().map_err(|e| e.to_string())?;
+    let shared = Arc::new(Shared { config, keys, capture, tls, shutdown: stop.clone() });
+    let workers = runtime::spawn_workers(driver, listeners, &shared)?;
+    Ok(ServerHandle {
+        addr,
+        driver,
+        shared: Some(shared),
+        stop,
+        workers,
+        writer: Some(writer),
+        key_watcher: Some(key_watcher),
+        stats,
+    })
+}
+
+/// Starts the server with the RocksDB store in the data dir.
+#[cfg(feature = "store")]
+pub fn start(config: Config) -> Result<ServerHandle, String> {
+    std::fs::create_dir_all(&config.data_dir).map_err(|e| format!("data dir {}: {e}", config.data_dir.display()))?;
+    let store = crate::capture::store::Store::open(&config.data_dir)?;
+    start_with_sink(config, store)
+}

@@ -1,0 +1,90 @@
+//! One worker: a monoio runtime on its own thread with its own listener (SO_REUSEPORT), upstream
+//! pool, connector and buffers. Nothing here is shared with other workers except `Shared`, which
+//! is read-mostly (config, key table) or internally synchronized (the capture channel).
+
+use std::cell::Cell;
+use std::rc::Rc;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use monoio::net::TcpListener;
+
+use super::conn::serve_connection;
+use super::Shared;
+use crate::upstream::{Connector, Pool};
+
+/// How often a worker looks at the shutdown flag while it waits for connections or requests.
+pub const SHUTDOWN_POLL: Duration = Duration::from_millis(100);
+
+pub struct Worker {
+    pub id: usize,
+    pub shared: Arc<Shared>,
+    pub pool: Pool,
+    pub connector: Connector,
+    active: Cell<usize>,
+}
+
+impl Worker {
+    pub fn shutting_down(&self) -> bool {
+        self.shared.shutdown.load(Ordering::Relaxed)
+    }
+}
+
+/// Counts a connection as in flight for as long as it lives.
+struct ActiveGuard(Rc<Worker>);
+
+impl Drop for ActiveGuard {
+    fn drop(&mut self) {
+        self.0.active.set(self.0.active.get() - 1);
+    }
+}
+
+/// Accepts until shutdown, then waits (bounded by the grace period) for in-flight connections.
+pub async fn run_worker(id: usize, listener: std::net::TcpListener, shared: Arc<Shared>) {
+    let listener = match TcpListener::from_std(listener) {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::error!(worker = id, "listener unusable: {e}");
+            return;
+        }
+    };
+    let connector = Connector::new(shared.tls.clone());
+    let worker = Rc::new(Worker { id, shared, pool: Pool::default(), connector, active: Cell::new(0) });
+
+    while !worker.shutting_down() {
+        // Wait for readiness rather than for `accept` itself: a readiness wait can be abandoned
+        // at no cost, an abandoned accept can lose a connection the kernel already handed over.
+        let ready = monoio::select! {
+            r = listener.readable(false) => r.is_ok(),
+            _ = monoio::time::sleep(SHUTDOWN_POLL) => false,
+        };
+        if !ready || worker.shutting_down() {
+            continue;
+        }
+        match listener.accept().await {
+            Ok((stream, _peer)) => {
+                worker.active.set(worker.active.get() + 1);
+                let guard = ActiveGuard(worker.clone());
+                monoio::spawn(async move {
+                    serve_connection(&guard.0, stream).await;
+                    drop(guard);
+                });
+            }
+            Err(e) => {
+                // Out of file descriptors and the like: back off instead of spinning.
+                tracing::warn!(worker = id, "accept failed: {e}");
+                monoio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+    drop(listener);
+
+    let deadline = Instant::now() + worker.shared.config.shutdown_grace;
+    while worker.active.get() > 0 && Instant::now() < deadline {
+        monoio::time::sleep(Duration::from_millis(20)).await;
+    }
+    if worker.active.get() > 0 {
+        tracing::warn!(worker = id, open = worker.active.get(), "grace period over; closing connections still open");
+    }
+}

@@ -1,0 +1,6 @@
+// Each integration test binary compiles this module separately and uses only part of it.
+#![allow(dead_code)]
+
+pub mod client;
+pub mod harness;
+pub mod mock_upstream;
