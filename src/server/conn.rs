@@ -235,12 +235,6 @@ fn plan_call(
 ) -> Result<CallPlan, ProxyError> {
     let identity = identify(data, head, &w.shared.keys.load())?;
     let config = &w.shared.config;
-    // Refused from the head, before one byte of the body is read.
-    if let Framing::Length(n) = head.framing {
-        if n > config.limits.max_body_bytes {
-            return Err(body_too_large(config.limits.max_body_bytes));
-        }
-    }
     let url = config.upstream(provider);
     let mut target = Vec::with_capacity(url.base_path.len() + upstream_target.len());
     target.extend_from_slice(url.base_path.as_bytes());
@@ -323,6 +317,11 @@ enum CallFailure {
 /// Forwards the request and relays the response. Ok(keep_alive) when the exchange completed.
 async fn proxy_call(w: &Worker, client: &mut ClientConn, plan: &CallPlan, call: &mut CallState) -> Result<bool, CallFailure> {
     let deadline = call.started + w.shared.config.limits.request_timeout;
+    // Refused from the head, before one byte of the body is read or the upstream is contacted.
+    let max_body = w.shared.config.limits.max_body_bytes;
+    if matches!(plan.framing, Framing::Length(n) if n > max_body) {
+        return Err(CallFailure::Respond(body_too_large(max_body)));
+    }
     let (mut upstream, reused) = checkout(w, plan.provider, deadline).await?;
     if plan.expect_continue {
         client
