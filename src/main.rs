@@ -14,6 +14,7 @@ fn main() -> ExitCode {
             tracing_subscriber::EnvFilter::try_from_env("KURRAL_LOG").unwrap_or_else(|_| "info".into()),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let cli = Cli::parse();
     let result = match cli.command {
@@ -32,17 +33,17 @@ fn main() -> ExitCode {
 
 fn serve(args: ServeArgs) -> Result<(), String> {
     let config = config::resolve(args)?;
-    std::fs::create_dir_all(&config.data_dir).map_err(|e| format!("data dir {}: {e}", config.data_dir.display()))?;
+    let upstreams: Vec<String> =
+        config.upstreams.iter().zip(["openai", "anthropic", "google"]).map(|(u, n)| format!("{n}={u}")).collect();
+    let handle = server::start(config.clone())?;
     let keys = KeyStore::new(&config.data_dir);
     if keys.list().map_err(|e| format!("key file: {e}"))?.is_empty() {
         // First start on an empty data dir: one key, shown once, so the proxy is usable at once.
         let (key, id) = keys.create("default").map_err(|e| format!("key file: {e}"))?;
+        handle.reload_keys().map_err(|e| format!("key file: {e}"))?;
         eprintln!("Created the first Kurral API key ({id}, user \"default\"). It is shown only this once:");
         println!("{key}");
     }
-    let upstreams: Vec<String> =
-        config.upstreams.iter().zip(["openai", "anthropic", "google"]).map(|(u, n)| format!("{n}={u}")).collect();
-    let handle = server::start(config.clone())?;
     tracing::info!(
         addr = %handle.addr,
         workers = config.workers,

@@ -17,6 +17,7 @@ const STORE_DIR: &str = "captures";
 
 pub struct Store {
     db: DB,
+    read_only: bool,
 }
 
 fn store_path(data_dir: &Path) -> PathBuf {
@@ -40,7 +41,7 @@ impl Store {
         let cfs = vec![ColumnFamilyDescriptor::new(CF_CALLS, Options::default())];
         let path = store_path(data_dir);
         let db = DB::open_cf_descriptors(&opts, &path, cfs).map_err(|e| format!("capture store {}: {e}", path.display()))?;
-        Ok(Store { db })
+        Ok(Store { db, read_only: false })
     }
 
     /// Opens the store read-only; works while a server holds it for writing, and sees what had
@@ -49,7 +50,7 @@ impl Store {
         let path = store_path(data_dir);
         let db = DB::open_cf_for_read_only(&Options::default(), &path, [CF_CALLS], false)
             .map_err(|e| format!("capture store {}: {e}", path.display()))?;
-        Ok(Store { db })
+        Ok(Store { db, read_only: true })
     }
 
     pub fn exists(data_dir: &Path) -> bool {
@@ -100,6 +101,9 @@ impl RecordSink for Store {
 
 impl Drop for Store {
     fn drop(&mut self) {
+        if self.read_only {
+            return;
+        }
         if let Err(e) = self.sync() {
             tracing::warn!("capture store sync at close failed: {e}");
         }

@@ -50,6 +50,14 @@ impl ServerHandle {
         &self.stats
     }
 
+    /// Reloads the key table now, rather than at the watcher's next look.
+    pub fn reload_keys(&self) -> std::io::Result<()> {
+        if let Some(shared) = &self.shared {
+            shared.keys.store(Arc::new(KeyStore::new(&shared.config.data_dir).load()?));
+        }
+        Ok(())
+    }
+
     pub fn shutdown(mut self) {
         self.stop_all();
     }
@@ -80,32 +88,42 @@ impl Drop for ServerHandle {
 
 /// Starts the workers with `sink` as the capture store.
 pub fn start_with_sink(config: Config, sink: impl RecordSink) -> Result<ServerHandle, String> {
-    let tls = crate::upstream::tls_client_config(config.upstream_ca.as_deref())?;
-    let stop = Arc::new(AtomicBool::new(false));
-    let (keys, key_watcher) = watch_keys(KeyStore::new(&config.data_dir), stop.clone()).map_err(|e| format!("key file: {e}"))?;
-    let (capture, writer) = start_writer(sink, config.capture_channel_capacity).map_err(|e| e.to_string())?;
-    let stats = capture.stats().clone();
-    let driver = runtime::choose_driver(config.driver)?;
     let listeners = runtime::bind_listeners(config.listen, config.workers)?;
-    let addr = listeners[0].local_addr().map_err(|e| e.to_string())?;
-    let shared = Arc::new(Shared { config, keys, capture, tls, shutdown: stop.clone() });
-    let workers = runtime::spawn_workers(driver, listeners, &shared)?;
-    Ok(ServerHandle {
-        addr,
-        driver,
-        shared: Some(shared),
-        stop,
-        workers,
-        writer: Some(writer),
-        key_watcher: Some(key_watcher),
-        stats,
-    })
+    launch(config, listeners, sink)
 }
 
 /// Starts the server with the RocksDB store in the data dir.
 #[cfg(feature = "store")]
 pub fn start(config: Config) -> Result<ServerHandle, String> {
+    // Bind first: a taken port should fail before anything is opened or started.
+    let listeners = runtime::bind_listeners(config.listen, config.workers)?;
     std::fs::create_dir_all(&config.data_dir).map_err(|e| format!("data dir {}: {e}", config.data_dir.display()))?;
     let store = crate::capture::store::Store::open(&config.data_dir)?;
-    start_with_sink(config, store)
+    launch(config, listeners, store)
+}
+
+fn launch(config: Config, listeners: Vec<std::net::TcpListener>, sink: impl RecordSink) -> Result<ServerHandle, String> {
+    // Everything that can fail on bad settings runs before any thread starts.
+    let driver = runtime::choose_driver(config.driver)?;
+    let tls = crate::upstream::tls_client_config(config.upstream_ca.as_deref())?;
+    let addr = listeners[0].local_addr().map_err(|e| e.to_string())?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let (keys, key_watcher) =
+        watch_keys(KeyStore::new(&config.data_dir), stop.clone()).map_err(|e| format!("key file: {e}"))?;
+    let (capture, writer) = start_writer(sink, config.capture_channel_capacity).map_err(|e| e.to_string())?;
+    let stats = capture.stats().clone();
+    let shared = Arc::new(Shared { config, keys, capture, tls, shutdown: stop.clone() });
+    let mut handle = ServerHandle {
+        addr,
+        driver,
+        shared: Some(shared.clone()),
+        stop,
+        workers: Vec::new(),
+        writer: Some(writer),
+        key_watcher: Some(key_watcher),
+        stats,
+    };
+    // On failure, dropping `handle` stops and joins whatever did start.
+    handle.workers = runtime::spawn_workers(driver, listeners, &shared)?;
+    Ok(handle)
 }

@@ -39,6 +39,11 @@ pub fn choose_driver(choice: DriverChoice) -> Result<Driver, String> {
 
 /// Binds `count` listeners to one address. Port 0 is resolved by the first bind and reused.
 pub fn bind_listeners(addr: SocketAddr, count: usize) -> Result<Vec<std::net::TcpListener>, String> {
+    if addr.port() != 0 {
+        // SO_REUSEPORT would let a second proxy on the same port silently take half the
+        // connections; a plain bind first fails if anything already listens there.
+        std::net::TcpListener::bind(addr).map_err(|e| format!("listen {addr}: {e}"))?;
+    }
     let mut out = Vec::with_capacity(count);
     let mut addr = addr;
     for _ in 0..count {
