@@ -375,7 +375,7 @@ async fn checkout(w: &Worker, provider: Provider, deadline: Instant) -> Result<(
 async fn connect(w: &Worker, provider: Provider, deadline: Instant) -> Result<UpstreamStream, CallFailure> {
     let limit = w.shared.config.limits.connect_timeout.min(deadline.saturating_duration_since(Instant::now()));
     let url = w.shared.config.upstream(provider);
-    w.connector.connect(url, limit).await.map_err(|e| {
+    w.connector.connect(provider.index(), url, limit).await.map_err(|e| {
         tracing::warn!(provider = provider.name(), upstream = %url, "upstream connect failed: {e}");
         match e {
             crate::upstream::connector::ConnectError::Timeout => CallFailure::Respond(ProxyError::gateway_timeout()),

@@ -21,6 +21,7 @@ use crate::auth::store::watch_keys;
 use crate::auth::{KeyStore, SharedKeys};
 use crate::capture::{start_writer, CaptureSender, CaptureStats, RecordSink};
 use crate::config::Config;
+use crate::upstream::{start_resolver, Resolver};
 
 /// What every worker reads: resolved config, key table, capture channel, TLS config, and the
 /// shutdown flag.
@@ -29,6 +30,7 @@ pub struct Shared {
     pub keys: SharedKeys,
     pub capture: CaptureSender,
     pub tls: Arc<ClientConfig>,
+    pub resolver: Arc<Resolver>,
     pub shutdown: Arc<AtomicBool>,
 }
 
@@ -42,6 +44,7 @@ pub struct ServerHandle {
     workers: Vec<JoinHandle<()>>,
     writer: Option<JoinHandle<()>>,
     key_watcher: Option<JoinHandle<()>>,
+    resolver: Option<JoinHandle<()>>,
     stats: Arc<CaptureStats>,
 }
 
@@ -77,6 +80,9 @@ impl ServerHandle {
         if let Some(k) = self.key_watcher.take() {
             let _ = k.join();
         }
+        if let Some(r) = self.resolver.take() {
+            let _ = r.join();
+        }
     }
 }
 
@@ -110,9 +116,15 @@ fn launch(config: Config, listeners: Vec<std::net::TcpListener>, sink: impl Reco
     let stop = Arc::new(AtomicBool::new(false));
     let (keys, key_watcher) =
         watch_keys(KeyStore::new(&config.data_dir), stop.clone()).map_err(|e| format!("key file: {e}"))?;
-    let (capture, writer) = start_writer(sink, config.capture_channel_capacity).map_err(|e| e.to_string())?;
+    // Threads already started see `stop` and end by themselves if a later step fails.
+    let stop_on_error = |e: std::io::Error| {
+        stop.store(true, Ordering::Relaxed);
+        e.to_string()
+    };
+    let (resolver, resolver_thread) = start_resolver(&config.upstreams, stop.clone()).map_err(stop_on_error)?;
+    let (capture, writer) = start_writer(sink, config.capture_channel_capacity).map_err(stop_on_error)?;
     let stats = capture.stats().clone();
-    let shared = Arc::new(Shared { config, keys, capture, tls, shutdown: stop.clone() });
+    let shared = Arc::new(Shared { config, keys, capture, tls, resolver, shutdown: stop.clone() });
     let mut handle = ServerHandle {
         addr,
         driver,
@@ -121,6 +133,7 @@ fn launch(config: Config, listeners: Vec<std::net::TcpListener>, sink: impl Reco
         workers: Vec::new(),
         writer: Some(writer),
         key_watcher: Some(key_watcher),
+        resolver: Some(resolver_thread),
         stats,
     };
     // On failure, dropping `handle` stops and joins whatever did start.

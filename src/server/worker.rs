@@ -3,6 +3,10 @@
 //! is read-mostly (config, key table) or internally synchronized (the capture channel).
 
 use std::cell::Cell;
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
+use std::pin::Pin;
+use std::task::{Context, Poll};
 use std::rc::Rc;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -31,6 +35,24 @@ impl Worker {
     }
 }
 
+/// Confines a panic to the connection that raised it. monoio does not catch panics in tasks, so
+/// one would otherwise end the worker thread and every connection on it.
+struct CatchPanic<'a>(Pin<Box<dyn Future<Output = ()> + 'a>>);
+
+impl Future for CatchPanic<'_> {
+    type Output = ();
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        match std::panic::catch_unwind(AssertUnwindSafe(|| self.0.as_mut().poll(cx))) {
+            Ok(p) => p,
+            Err(_) => {
+                tracing::error!("a connection task panicked; that connection was closed");
+                Poll::Ready(())
+            }
+        }
+    }
+}
+
 /// Counts a connection as in flight for as long as it lives.
 struct ActiveGuard(Rc<Worker>);
 
@@ -49,7 +71,7 @@ pub async fn run_worker(id: usize, listener: std::net::TcpListener, shared: Arc<
             return;
         }
     };
-    let connector = Connector::new(shared.tls.clone());
+    let connector = Connector::new(shared.tls.clone(), shared.resolver.clone());
     let worker = Rc::new(Worker { id, shared, pool: Pool::default(), connector, active: Cell::new(0) });
 
     while !worker.shutting_down() {
@@ -67,7 +89,7 @@ pub async fn run_worker(id: usize, listener: std::net::TcpListener, shared: Arc<
                 worker.active.set(worker.active.get() + 1);
                 let guard = ActiveGuard(worker.clone());
                 monoio::spawn(async move {
-                    serve_connection(&guard.0, stream).await;
+                    CatchPanic(Box::pin(serve_connection(&guard.0, stream))).await;
                     drop(guard);
                 });
             }

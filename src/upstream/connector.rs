@@ -4,27 +4,24 @@
 //! and its AES-GCM and ChaCha20 are assembly-backed for bulk throughput), trusting the Mozilla web
 //! roots plus any `--upstream-ca` PEM file. ALPN offers only `http/1.1`, the protocol relayed.
 //!
-//! DNS is resolved with the system resolver, which blocks; results are cached per worker for
-//! `DNS_TTL` so a lookup happens at most that often per upstream host and worker, and never for
-//! IP literals.
+//! Addresses come from the resolver thread (`resolver`), so nothing here blocks a worker.
 
-use std::cell::RefCell;
-use std::collections::HashMap;
-use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::Path;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use monoio::net::TcpStream;
 use monoio_rustls::TlsConnector;
 use rustls::ClientConfig;
 use rustls_pki_types::{pem::PemObject, CertificateDer, ServerName};
 
+use super::resolver::Resolver;
 use super::stream::UpstreamStream;
 use super::url::UpstreamUrl;
 
-/// How long a resolved upstream address is reused.
-const DNS_TTL: Duration = Duration::from_secs(30);
+/// While an upstream host has no address yet (just after start), a connect waits for the
+/// resolver in steps of this long, within the connect timeout.
+const RESOLVE_WAIT_STEP: Duration = Duration::from_millis(20);
 
 /// Builds the shared TLS client configuration.
 pub fn tls_client_config(extra_ca: Option<&Path>) -> Result<Arc<ClientConfig>, String> {
@@ -71,27 +68,47 @@ impl std::fmt::Display for ConnectError {
     }
 }
 
-/// One per worker: the TLS connector and the DNS cache.
+/// One per worker: the TLS connector and the shared resolver.
 pub struct Connector {
     tls: TlsConnector,
-    dns: RefCell<HashMap<(String, u16), (SocketAddr, Instant)>>,
+    resolver: Arc<Resolver>,
 }
 
 impl Connector {
-    pub fn new(config: Arc<ClientConfig>) -> Connector {
-        Connector { tls: TlsConnector::from(config), dns: RefCell::new(HashMap::new()) }
+    pub fn new(config: Arc<ClientConfig>, resolver: Arc<Resolver>) -> Connector {
+        Connector { tls: TlsConnector::from(config), resolver }
     }
 
-    pub async fn connect(&self, url: &UpstreamUrl, timeout: Duration) -> Result<UpstreamStream, ConnectError> {
-        match monoio::time::timeout(timeout, self.connect_inner(url)).await {
+    /// Connects to upstream `index` (a `Provider::index()`) at `url`.
+    pub async fn connect(&self, index: usize, url: &UpstreamUrl, timeout: Duration) -> Result<UpstreamStream, ConnectError> {
+        match monoio::time::timeout(timeout, self.connect_inner(index, url)).await {
             Ok(r) => r,
             Err(_) => Err(ConnectError::Timeout),
         }
     }
 
-    async fn connect_inner(&self, url: &UpstreamUrl) -> Result<UpstreamStream, ConnectError> {
-        let addr = self.resolve(url)?;
-        let tcp = TcpStream::connect_addr(addr).await.map_err(ConnectError::Io)?;
+    async fn connect_inner(&self, index: usize, url: &UpstreamUrl) -> Result<UpstreamStream, ConnectError> {
+        let mut addrs = self.resolver.addrs(index);
+        while addrs.is_empty() {
+            // Bounded by the caller's timeout.
+            monoio::time::sleep(RESOLVE_WAIT_STEP).await;
+            addrs = self.resolver.addrs(index);
+        }
+        let mut last_err = None;
+        let mut tcp = None;
+        for addr in addrs.iter() {
+            match TcpStream::connect_addr(*addr).await {
+                Ok(s) => {
+                    tcp = Some(s);
+                    break;
+                }
+                Err(e) => last_err = Some(e),
+            }
+        }
+        let tcp = match tcp {
+            Some(t) => t,
+            None => return Err(ConnectError::Io(last_err.expect("at least one address was tried"))),
+        };
         // Events are small and latency-bound: send each as soon as it is written.
         let _ = tcp.set_nodelay(true);
         if !url.tls {
@@ -100,24 +117,5 @@ impl Connector {
         let name = ServerName::try_from(url.host.clone()).map_err(|e| ConnectError::Tls(e.to_string()))?;
         let tls = self.tls.connect(name, tcp).await.map_err(|e| ConnectError::Tls(e.to_string()))?;
         Ok(UpstreamStream::Tls(Box::new(tls)))
-    }
-
-    fn resolve(&self, url: &UpstreamUrl) -> Result<SocketAddr, ConnectError> {
-        if let Ok(ip) = url.host.parse::<std::net::IpAddr>() {
-            return Ok(SocketAddr::new(ip, url.port));
-        }
-        let key = (url.host.clone(), url.port);
-        if let Some((addr, at)) = self.dns.borrow().get(&key) {
-            if at.elapsed() < DNS_TTL {
-                return Ok(*addr);
-            }
-        }
-        let addr = (url.host.as_str(), url.port)
-            .to_socket_addrs()
-            .map_err(|e| ConnectError::Resolve(e.to_string()))?
-            .next()
-            .ok_or_else(|| ConnectError::Resolve(format!("no address for {}", url.host)))?;
-        self.dns.borrow_mut().insert(key, (addr, Instant::now()));
-        Ok(addr)
     }
 }
