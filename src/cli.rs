@@ -54,6 +54,12 @@ pub struct ServeArgs {
     /// Seconds a call may take upstream, from request to last response byte (default 120).
     #[arg(long, env = "KURRAL_REQUEST_TIMEOUT_SECS")]
     pub request_timeout_secs: Option<u64>,
+    /// Calls per user per minute before 429 (default 60; 0 for no limit). Keys may override.
+    #[arg(long, env = "KURRAL_REQUESTS_PER_MINUTE")]
+    pub requests_per_minute: Option<u32>,
+    /// Calls in flight per user before 429 (default 10; 0 for no limit). Keys may override.
+    #[arg(long, env = "KURRAL_MAX_CONCURRENT")]
+    pub max_concurrent: Option<u32>,
     /// Seconds to let in-flight calls finish on SIGTERM/SIGINT (default 30).
     #[arg(long, env = "KURRAL_SHUTDOWN_GRACE_SECS")]
     pub shutdown_grace_secs: Option<u64>,

@@ -33,6 +33,13 @@ pub const IDLE_TIMEOUT: Duration = Duration::from_secs(75);
 pub const CLIENT_WRITE_TIMEOUT: Duration = Duration::from_secs(60);
 /// Time given to in-flight calls on SIGTERM/SIGINT before the process exits anyway.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
+/// The seed's documented per-user rate limit.
+pub const REQUESTS_PER_MINUTE: u32 = 60;
+/// The seed's documented per-user concurrency limit.
+pub const MAX_CONCURRENT: u32 = 10;
+/// An upstream must start answering (send its response head) within this time of the request
+/// having been sent; the request timeout still bounds the whole call.
+pub const FIRST_BYTE_TIMEOUT: Duration = Duration::from_secs(120);
 /// Records waiting for the writer thread; past this a connection waits (it never drops one).
 pub const CAPTURE_CHANNEL_CAPACITY: usize = 16 * 1024;
 
@@ -53,6 +60,11 @@ pub struct Limits {
     pub head_timeout: Duration,
     pub idle_timeout: Duration,
     pub client_write_timeout: Duration,
+    pub first_byte_timeout: Duration,
+    /// Calls per user per minute (0: unlimited); a key may set its own.
+    pub requests_per_minute: u32,
+    /// Calls in flight per user (0: unlimited); a key may set its own.
+    pub max_concurrent: u32,
 }
 
 impl Default for Limits {
@@ -66,6 +78,9 @@ impl Default for Limits {
             head_timeout: HEAD_TIMEOUT,
             idle_timeout: IDLE_TIMEOUT,
             client_write_timeout: CLIENT_WRITE_TIMEOUT,
+            first_byte_timeout: FIRST_BYTE_TIMEOUT,
+            requests_per_minute: REQUESTS_PER_MINUTE,
+            max_concurrent: MAX_CONCURRENT,
         }
     }
 }
@@ -131,6 +146,9 @@ struct FileLimits {
     head_timeout_secs: Option<u64>,
     idle_timeout_secs: Option<u64>,
     client_write_timeout_secs: Option<u64>,
+    first_byte_timeout_secs: Option<u64>,
+    requests_per_minute: Option<u32>,
+    max_concurrent: Option<u32>,
     shutdown_grace_secs: Option<u64>,
 }
 
@@ -201,6 +219,9 @@ fn resolve_with_env(args: ServeArgs, env: &dyn Fn(&str) -> Option<String>) -> Re
         head_timeout: secs(fl.head_timeout_secs, d.head_timeout),
         idle_timeout: secs(fl.idle_timeout_secs, d.idle_timeout),
         client_write_timeout: secs(fl.client_write_timeout_secs, d.client_write_timeout),
+        first_byte_timeout: secs(fl.first_byte_timeout_secs, d.first_byte_timeout),
+        requests_per_minute: args.requests_per_minute.or(fl.requests_per_minute).unwrap_or(d.requests_per_minute),
+        max_concurrent: args.max_concurrent.or(fl.max_concurrent).unwrap_or(d.max_concurrent),
     };
     if limits.max_head_bytes < 1024 {
         return Err("max_head_bytes must be at least 1024".into());

@@ -28,6 +28,9 @@ impl Proxy {
         let dir = tempfile::tempdir().unwrap();
         let mut config = Config::for_data_dir(dir.path());
         config.workers = 2;
+        // Suites make many calls with one key; the tests of the limits set their own.
+        config.limits.requests_per_minute = 0;
+        config.limits.max_concurrent = 0;
         let url = kurral_proxy::upstream::UpstreamUrl::parse(&mock.url()).unwrap();
         config.upstreams = [url.clone(), url.clone(), url];
         if let Some(pem) = mock.ca_pem() {

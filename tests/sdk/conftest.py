@@ -214,6 +214,9 @@ def start_proxy(data_dir: Path, key: str, upstream_url: str, attempts: int = 3) 
             "--upstream", f"openai={upstream_url}",
             "--upstream", f"anthropic={upstream_url}",
             "--upstream", f"google={upstream_url}",
+            # The suite makes a few hundred calls a minute with one key: above the default limits.
+            "--requests-per-minute", "0",
+            "--max-concurrent", "0",
         ]
         with open(out_p, "wb") as out_f, open(err_p, "wb") as err_f:
             proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out_f, stderr=err_f, env=_child_env())
