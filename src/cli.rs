@@ -79,6 +79,12 @@ pub enum KeysCommand {
         /// The user the key belongs to.
         #[arg(long)]
         user: String,
+        /// This key's calls per minute (default: the server's, 60).
+        #[arg(long)]
+        requests_per_minute: Option<u32>,
+        /// This key's calls in flight (default: the server's, 10).
+        #[arg(long)]
+        max_concurrent: Option<u32>,
         #[command(flatten)]
         dir: DataDirArg,
     },

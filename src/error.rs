@@ -31,6 +31,7 @@ pub enum ErrorKind {
     UriTooLong,
     ExpectationFailed,
     HeaderTooLarge,
+    TooManyRequests,
     BadGateway,
     GatewayTimeout,
     Unavailable,
@@ -49,6 +50,7 @@ impl ErrorKind {
             ErrorKind::UriTooLong => 414,
             ErrorKind::ExpectationFailed => 417,
             ErrorKind::HeaderTooLarge => 431,
+            ErrorKind::TooManyRequests => 429,
             ErrorKind::BadGateway => 502,
             ErrorKind::Unavailable => 503,
             ErrorKind::GatewayTimeout => 504,
@@ -67,6 +69,7 @@ impl ErrorKind {
             ErrorKind::PayloadTooLarge => "request_too_large",
             ErrorKind::UriTooLong => "uri_too_long",
             ErrorKind::HeaderTooLarge => "request_header_too_large",
+            ErrorKind::TooManyRequests => "rate_limit_error",
             ErrorKind::BadGateway => "upstream_error",
             ErrorKind::GatewayTimeout => "upstream_timeout",
             ErrorKind::Unavailable => "unavailable",
@@ -92,11 +95,29 @@ impl ErrorKind {
 pub struct ProxyError {
     pub kind: ErrorKind,
     pub message: Cow<'static, str>,
+    /// Fields the answer carries besides the JSON body (`retry-after` on a 429).
+    pub headers: Vec<(&'static str, String)>,
 }
 
 impl ProxyError {
     pub fn new(kind: ErrorKind, message: impl Into<Cow<'static, str>>) -> Self {
-        ProxyError { kind, message: message.into() }
+        ProxyError { kind, message: message.into(), headers: Vec::new() }
+    }
+
+    /// The answer to a call refused by the user's limits.
+    pub fn rate_limited(refusal: &crate::auth::Refusal) -> Self {
+        use crate::auth::Refusal;
+        let (message, retry_after, limit_name, limit) = match refusal {
+            Refusal::Rate { limit, retry_after } => {
+                (format!("Rate limit exceeded: {limit} requests per minute"), retry_after.as_secs_f64().ceil().max(1.0) as u64, "x-kurral-ratelimit-limit-requests", *limit)
+            }
+            Refusal::Concurrency { limit } => {
+                (format!("Rate limit exceeded: at most {limit} concurrent requests"), 1, "x-kurral-ratelimit-limit-concurrent", *limit)
+            }
+        };
+        let mut e = Self::new(ErrorKind::TooManyRequests, message);
+        e.headers = vec![("retry-after", retry_after.to_string()), (limit_name, limit.to_string())];
+        e
     }
 
     pub fn bad_request(message: impl Into<Cow<'static, str>>) -> Self {

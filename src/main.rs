@@ -3,7 +3,7 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use kurral_proxy::auth::KeyStore;
+use kurral_proxy::auth::{KeyLimits, KeyStore};
 use kurral_proxy::capture::store::Store;
 use kurral_proxy::cli::{CallsCommand, Cli, Command, KeysCommand, ServeArgs};
 use kurral_proxy::{config, server};
@@ -65,8 +65,9 @@ fn serve(args: ServeArgs) -> Result<(), String> {
 
 fn keys(cmd: KeysCommand) -> Result<(), String> {
     match cmd {
-        KeysCommand::Create { user, dir } => {
-            let (key, id) = KeyStore::new(&dir.data_dir).create(&user).map_err(|e| e.to_string())?;
+        KeysCommand::Create { user, requests_per_minute, max_concurrent, dir } => {
+            let limits = KeyLimits { requests_per_minute, max_concurrent };
+            let (key, id) = KeyStore::new(&dir.data_dir).create_with_limits(&user, limits).map_err(|e| e.to_string())?;
             eprintln!("Created key {id} for user \"{user}\". Store it now: it is not shown again.");
             println!("{key}");
         }
@@ -77,10 +78,12 @@ fn keys(cmd: KeysCommand) -> Result<(), String> {
                     println!("{}", serde_json::to_string(k).expect("serializable"));
                 }
             } else {
-                println!("{:<18} {:<20} {:<14} {:<26} STATUS", "ID", "USER", "PREFIX", "CREATED");
+                println!("{:<18} {:<20} {:<14} {:<26} {:<8} {:<8} STATUS", "ID", "USER", "PREFIX", "CREATED", "RPM", "CONC");
+                let or_default = |v: Option<u32>| v.map_or_else(|| "default".to_string(), |n| n.to_string());
                 for k in &list {
                     let status = if k.revoked { "revoked" } else { "active" };
-                    println!("{:<18} {:<20} {:<14} {:<26} {status}", k.id, k.user, k.prefix, k.created_at);
+                    let (rpm, conc) = (or_default(k.limits.requests_per_minute), or_default(k.limits.max_concurrent));
+                    println!("{:<18} {:<20} {:<14} {:<26} {rpm:<8} {conc:<8} {status}", k.id, k.user, k.prefix, k.created_at);
                 }
             }
         }

@@ -69,15 +69,18 @@ impl<S: Read + Write> Client<S> {
     /// Bytes read; 0 at EOF. TLS peers that vanish without close_notify also count as EOF.
     fn fill(&mut self) -> usize {
         let mut tmp = [0u8; 8192];
-        match self.s.read(&mut tmp) {
-            Ok(n) => {
-                self.buf.extend_from_slice(&tmp[..n]);
-                n
+        loop {
+            match self.s.read(&mut tmp) {
+                Ok(n) => {
+                    self.buf.extend_from_slice(&tmp[..n]);
+                    return n;
+                }
+                Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+                Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
+                    panic!("read timed out")
+                }
+                Err(_) => return 0,
             }
-            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
-                panic!("read timed out")
-            }
-            Err(_) => 0,
         }
     }
 

@@ -20,6 +20,8 @@ pub const MAX_AGENT_LEN: usize = 200;
 pub struct CallIdentity {
     pub user: Arc<str>,
     pub key_id: Arc<str>,
+    pub key_limits: super::KeyLimits,
+    pub user_state: Arc<super::UserState>,
     pub agent: String,
     pub session_id: String,
     pub retention: Retention,
@@ -57,6 +59,8 @@ pub fn identify(buf: &[u8], head: &RequestHead, keys: &KeyTable) -> Result<CallI
     Ok(CallIdentity {
         user: user.user.clone(),
         key_id: user.id.clone(),
+        key_limits: user.overrides,
+        user_state: user.state.clone(),
         agent: String::from_utf8_lossy(agent).into_owned(),
         session_id,
         retention,

@@ -18,15 +18,29 @@ use arc_swap::ArcSwap;
 use serde::{Deserialize, Serialize};
 
 use super::key::{from_hex, generate_key, hash_key, random_base62, to_hex, KeyHash, KEY_PREFIX};
+use super::limits::UserState;
 
 const KEY_FILE: &str = "keys.jsonl";
 /// How often the server looks for new or revoked keys.
 const RELOAD_INTERVAL: Duration = Duration::from_millis(250);
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct KeyInfo {
     pub id: Arc<str>,
     pub user: Arc<str>,
+    /// This key's own limits, where it has them; the server's defaults otherwise.
+    pub overrides: KeyLimits,
+    /// The user's rate and concurrency state, shared by all of the user's keys.
+    pub state: Arc<UserState>,
+}
+
+/// Per-key limit overrides (`keys create --requests-per-minute/--max-concurrent`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeyLimits {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub requests_per_minute: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_concurrent: Option<u32>,
 }
 
 /// Listing entry for `keys list`.
@@ -37,12 +51,22 @@ pub struct KeyListing {
     pub prefix: String,
     pub created_at: String,
     pub revoked: bool,
+    #[serde(flatten)]
+    pub limits: KeyLimits,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case")]
 enum KeyEvent {
-    Create { id: String, user: String, hash: String, prefix: String, created_at: String },
+    Create {
+        id: String,
+        user: String,
+        hash: String,
+        prefix: String,
+        created_at: String,
+        #[serde(flatten)]
+        limits: KeyLimits,
+    },
     Revoke { id: String, at: String },
 }
 
@@ -64,6 +88,18 @@ impl KeyTable {
     pub fn is_empty(&self) -> bool {
         self.by_hash.is_empty()
     }
+
+    /// Takes over the rate and concurrency state of users the previous table knew, so that a
+    /// reload neither resets a user's limits nor forgets calls in flight.
+    pub fn adopt_states(&mut self, previous: &KeyTable) {
+        let old: HashMap<&str, &Arc<UserState>> =
+            previous.by_hash.values().map(|k| (&*k.user, &k.state)).collect();
+        for info in self.by_hash.values_mut() {
+            if let Some(state) = old.get(&*info.user) {
+                info.state = Arc::clone(state);
+            }
+        }
+    }
 }
 
 pub type SharedKeys = Arc<ArcSwap<KeyTable>>;
@@ -79,6 +115,10 @@ impl KeyStore {
 
     /// Creates a key for `user`; returns the key (shown once) and its id.
     pub fn create(&self, user: &str) -> std::io::Result<(String, String)> {
+        self.create_with_limits(user, KeyLimits::default())
+    }
+
+    pub fn create_with_limits(&self, user: &str, limits: KeyLimits) -> std::io::Result<(String, String)> {
         if user.trim().is_empty() {
             return Err(std::io::Error::new(std::io::ErrorKind::InvalidInput, "user may not be empty"));
         }
@@ -90,6 +130,7 @@ impl KeyStore {
             hash: to_hex(&hash_key(key.as_bytes())),
             prefix: key[..KEY_PREFIX.len() + 4].to_string(),
             created_at: now_rfc3339(),
+            limits,
         };
         self.append(&event)?;
         Ok((key, id))
@@ -118,11 +159,14 @@ impl KeyStore {
 
     pub fn load(&self) -> std::io::Result<KeyTable> {
         let (listing, ids) = self.read_events()?;
-        let users: HashMap<&str, &KeyListing> = listing.iter().map(|k| (k.id.as_str(), k)).collect();
+        let keys: HashMap<&str, &KeyListing> = listing.iter().map(|k| (k.id.as_str(), k)).collect();
+        let mut states: HashMap<&str, Arc<UserState>> = HashMap::new();
         let mut by_hash = HashMap::new();
         for (hash, id) in ids {
-            if let Some(k) = users.get(id.as_str()).filter(|k| !k.revoked) {
-                by_hash.insert(hash, KeyInfo { id: id.as_str().into(), user: k.user.as_str().into() });
+            if let Some(k) = keys.get(id.as_str()).filter(|k| !k.revoked) {
+                let state = states.entry(k.user.as_str()).or_default().clone();
+                let info = KeyInfo { id: id.as_str().into(), user: k.user.as_str().into(), overrides: k.limits, state };
+                by_hash.insert(hash, info);
             }
         }
         Ok(KeyTable { by_hash })
@@ -147,10 +191,10 @@ impl KeyStore {
             // before and after it is still read.
             let Ok(event) = serde_json::from_str::<KeyEvent>(&line) else { continue };
             match event {
-                KeyEvent::Create { id, user, hash, prefix, created_at } => {
+                KeyEvent::Create { id, user, hash, prefix, created_at, limits } => {
                     let Some(hash) = from_hex(&hash) else { continue };
                     ids.insert(hash, id.clone());
-                    listing.push(KeyListing { id, user, prefix, created_at, revoked: false });
+                    listing.push(KeyListing { id, user, prefix, created_at, revoked: false, limits });
                 }
                 KeyEvent::Revoke { id, .. } => {
                     for k in listing.iter_mut().filter(|k| k.id == id) {
@@ -187,7 +231,8 @@ pub fn watch_keys(store: KeyStore, stop: Arc<AtomicBool>) -> std::io::Result<(Sh
             let now = store.version();
             if now != seen {
                 match store.load() {
-                    Ok(t) => {
+                    Ok(mut t) => {
+                        t.adopt_states(&table.load());
                         tracing::info!(keys = t.len(), "key table reloaded");
                         table.store(Arc::new(t));
                         seen = now;
@@ -229,6 +274,24 @@ mod tests {
         assert!(store.revoke(&key2).unwrap(), "revoke by the key itself");
         assert!(store.load().unwrap().is_empty());
         assert_eq!(store.list().unwrap().iter().filter(|k| k.revoked).count(), 2);
+    }
+
+    #[test]
+    fn limits_and_state_survive_reloads() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = KeyStore::new(dir.path());
+        let limits = KeyLimits { requests_per_minute: Some(5), max_concurrent: None };
+        let (a, _) = store.create_with_limits("dana", limits).unwrap();
+        let (b, _) = store.create("dana").unwrap();
+        let first = store.load().unwrap();
+        let (ka, kb) = (first.lookup(a.as_bytes()).unwrap(), first.lookup(b.as_bytes()).unwrap());
+        assert_eq!(ka.overrides, limits);
+        assert_eq!(kb.overrides, KeyLimits::default());
+        assert!(Arc::ptr_eq(&ka.state, &kb.state), "one state per user");
+        let mut second = store.load().unwrap();
+        second.adopt_states(&first);
+        assert!(Arc::ptr_eq(&second.lookup(a.as_bytes()).unwrap().state, &ka.state));
+        assert_eq!(store.list().unwrap()[0].limits, limits);
     }
 
     #[test]

@@ -9,7 +9,7 @@ use std::io;
 use std::time::Duration;
 
 use monoio::buf::{IoBuf, IoBufMut};
-use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt};
+use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt, CancelHandle, CancelableAsyncReadRent};
 use monoio::net::TcpStream;
 
 /// Initial read buffer: holds a typical SDK request head and a small JSON body in one read.
@@ -45,8 +45,34 @@ impl ClientConn {
         }
     }
 
+    /// Waits for the next request on an idle connection: a read that ends at `idle` or when the
+    /// worker's shutdown cancels it. A cancelled read still returns whatever it had received, so
+    /// no request is lost to shutdown.
+    pub async fn fill_idle(&mut self, idle: Duration, shutdown: CancelHandle) -> io::Result<usize> {
+        self.make_room(READ_BUF)?;
+        let buf = std::mem::take(&mut self.buf);
+        let len = buf.len();
+        match monoio::time::timeout(idle, self.stream.cancelable_read(buf.slice_mut(len..), shutdown)).await {
+            Ok((res, slice)) => {
+                self.buf = slice.into_inner();
+                res
+            }
+            Err(_) => Err(io::Error::new(io::ErrorKind::TimedOut, "idle")),
+        }
+    }
+
     /// Reads more bytes, growing the buffer up to `max_len` if it is full. Returns 0 at EOF.
     pub async fn fill(&mut self, max_len: usize) -> io::Result<usize> {
+        self.make_room(max_len)?;
+        let buf = std::mem::take(&mut self.buf);
+        let len = buf.len();
+        let (res, slice) = self.stream.read(buf.slice_mut(len..)).await;
+        self.buf = slice.into_inner();
+        res
+    }
+
+    /// Ensures spare capacity: compacts consumed bytes away, then grows up to `max_len`.
+    fn make_room(&mut self, max_len: usize) -> io::Result<()> {
         if self.buf.len() == self.buf.capacity() {
             if self.start > 0 {
                 self.buf.drain(..self.start);
@@ -60,11 +86,7 @@ impl ClientConn {
                 self.buf.reserve_exact(want - self.buf.len());
             }
         }
-        let buf = std::mem::take(&mut self.buf);
-        let len = buf.len();
-        let (res, slice) = self.stream.read(buf.slice_mut(len..)).await;
-        self.buf = slice.into_inner();
-        res
+        Ok(())
     }
 
     /// `fill` under a deadline; a timed-out read leaves the connection unusable (the read may

@@ -18,8 +18,8 @@ use monoio::buf::{IoBuf, IoBufMut};
 use monoio::net::TcpStream;
 
 use super::client::{ClientConn, READ_BUF};
-use super::worker::{Worker, SHUTDOWN_POLL};
-use crate::auth::{identify, CallIdentity};
+use super::worker::Worker;
+use crate::auth::{identify, CallIdentity, LimitValues, Permit};
 use crate::capture::{CallRecord, Outcome};
 use crate::error::{ErrorKind, ProxyError, Side};
 use crate::http::body::BodyDecoder;
@@ -92,26 +92,36 @@ async fn read_request_head(w: &Worker, client: &mut ClientConn) -> HeadRead {
     let head_timeout = w.shared.config.limits.head_timeout;
     let mut deadline: Option<Instant> = None;
     loop {
-        if client.data().is_empty() {
-            if deadline.is_none() && !wait_for_request(w, &client.stream).await {
-                return HeadRead::Closed;
-            }
-        } else {
+        if !client.data().is_empty() {
             match parse_request_head(client.data(), limits) {
                 Ok(Some(head)) => return HeadRead::Head(head),
                 Ok(None) => {}
                 Err(e) => return HeadRead::Error(head_error(e)),
             }
         }
-        let deadline = *deadline.get_or_insert_with(|| Instant::now() + head_timeout);
-        let left = deadline.saturating_duration_since(Instant::now());
-        match client.fill_within(limits.max_head_bytes, left).await {
-            Ok(0) => return HeadRead::Closed,
-            Ok(_) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {
-                return HeadRead::Error(ProxyError::new(ErrorKind::RequestTimeout, "request head not received in time"))
+        let read = match deadline {
+            None if client.data().is_empty() => {
+                if w.shutting_down() {
+                    return HeadRead::Closed;
+                }
+                client.fill_idle(w.shared.config.limits.idle_timeout, w.shutdown.clone()).await
             }
-            Err(_) => return HeadRead::Closed,
+            _ => {
+                let deadline = *deadline.get_or_insert_with(|| Instant::now() + head_timeout);
+                let left = deadline.saturating_duration_since(Instant::now());
+                match client.fill_within(limits.max_head_bytes, left).await {
+                    Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {
+                        return HeadRead::Error(ProxyError::new(ErrorKind::RequestTimeout, "request head not received in time"))
+                    }
+                    other => other,
+                }
+            }
+        };
+        match read {
+            Ok(0) | Err(_) => return HeadRead::Closed,
+            Ok(_) => {
+                deadline.get_or_insert_with(|| Instant::now() + head_timeout);
+            }
         }
     }
 }
@@ -123,22 +133,6 @@ fn head_error(e: HeadError) -> ProxyError {
         HeadError::Malformed(_) => ErrorKind::BadRequest,
     };
     ProxyError::new(kind, e.message())
-}
-
-/// Idle keep-alive wait: true when the client sent something.
-async fn wait_for_request(w: &Worker, stream: &TcpStream) -> bool {
-    let deadline = Instant::now() + w.shared.config.limits.idle_timeout;
-    loop {
-        let now = Instant::now();
-        if w.shutting_down() || now >= deadline {
-            return false;
-        }
-        let tick = (deadline - now).min(SHUTDOWN_POLL * 10);
-        monoio::select! {
-            r = stream.readable(false) => return r.is_ok(),
-            _ = monoio::time::sleep(tick) => {}
-        }
-    }
 }
 
 /// Serves one request; says what becomes of the connection.
@@ -170,14 +164,20 @@ async fn handle_request(w: &Rc<Worker>, client: &mut ClientConn, head: RequestHe
     client.consume(head.len);
 
     let mut call = CallState::new(started, started_at, &plan);
-    let result = proxy_call(w, client, &plan, &mut call).await;
+    tracing::debug!(worker = w.id, id = %call.id, provider = plan.provider.name(), "call start");
+    let result = match admit(w, &plan) {
+        // The permit holds the user's concurrency slot until the call is over.
+        Ok(_permit) => proxy_call(w, client, &plan, &mut call).await,
+        Err(e) => Err(CallFailure::Respond(e)),
+    };
     let next = match result {
         Ok(true) => Next::KeepAlive,
         Ok(false) => Next::Close,
         Err(CallFailure::Respond(e)) => {
             call.fail_before_response(&e);
-            let ids = [("x-kurral-session-id", plan.identity.session_id.as_str()), ("x-kurral-request-id", call.id.as_str())];
-            let resp = local_response(e.status(), &ids, &e.json_body(), true);
+            let mut fields = vec![("x-kurral-session-id", plan.identity.session_id.as_str()), ("x-kurral-request-id", call.id.as_str())];
+            fields.extend(e.headers.iter().map(|(n, v)| (*n, v.as_str())));
+            let resp = local_response(e.status(), &fields, &e.json_body(), true);
             match client.write_all(resp, w.shared.config.limits.client_write_timeout).await {
                 Ok(_) => Next::Linger,
                 Err(_) => Next::Close,
@@ -197,6 +197,7 @@ async fn handle_request(w: &Rc<Worker>, client: &mut ClientConn, head: RequestHe
             Next::Close
         }
     };
+    tracing::debug!(worker = w.id, id = %call.id, status = call.status, outcome = ?call.outcome, "call end");
     finish_capture(w, &plan, call).await;
     next
 }
@@ -208,6 +209,18 @@ async fn answer_locally(w: &Worker, client: &mut ClientConn, resp: Vec<u8>, clos
         Ok(_) => Next::KeepAlive,
         Err(_) => Next::Close,
     }
+}
+
+/// The per-user rate and concurrency limits, shared by all workers: the key's own where set, the
+/// server's defaults otherwise.
+fn admit(w: &Worker, plan: &CallPlan) -> Result<Permit, ProxyError> {
+    let defaults = &w.shared.config.limits;
+    let own = plan.identity.key_limits;
+    let limits = LimitValues {
+        requests_per_minute: own.requests_per_minute.unwrap_or(defaults.requests_per_minute),
+        max_concurrent: own.max_concurrent.unwrap_or(defaults.max_concurrent),
+    };
+    plan.identity.user_state.admit(limits).map_err(|r| ProxyError::rate_limited(&r))
 }
 
 /// Everything the call needs from the request head, taken before the head's bytes are consumed.
@@ -323,6 +336,7 @@ async fn proxy_call(w: &Worker, client: &mut ClientConn, plan: &CallPlan, call: 
         return Err(CallFailure::Respond(body_too_large(max_body)));
     }
     let (mut upstream, reused) = checkout(w, plan.provider, deadline).await?;
+    tracing::debug!(id = %call.id, reused, "upstream ready");
     if plan.expect_continue {
         client
             .write_all(&b"HTTP/1.1 100 Continue\r\n\r\n"[..], w.shared.config.limits.client_write_timeout)
@@ -330,6 +344,7 @@ async fn proxy_call(w: &Worker, client: &mut ClientConn, plan: &CallPlan, call: 
             .map_err(|_| CallFailure::ClientGone("client closed before sending its body"))?;
     }
     let sent = forward_request(w, client, plan, call, &mut upstream, deadline).await;
+    tracing::debug!(id = %call.id, "request sent");
     let replay = match sent {
         Ok(replay) => replay,
         Err(ForwardError::Upstream(replay)) if reused && replay.is_some() => replay,
@@ -352,6 +367,7 @@ async fn proxy_call(w: &Worker, client: &mut ClientConn, plan: &CallPlan, call: 
         Err(e) => return Err(e.into_failure()),
     };
     call.ttfb = Some(call.started.elapsed());
+    tracing::debug!(id = %call.id, status = resp.status, "response head");
     call.upstream_status = Some(resp.status);
     call.status = resp.status;
     if resp.header(&buf, "content-type").is_some_and(|v| v.starts_with(b"text/event-stream")) {

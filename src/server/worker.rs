@@ -12,6 +12,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use monoio::io::{CancelHandle, Canceller};
 use monoio::net::TcpListener;
 
 use super::conn::serve_connection;
@@ -23,6 +24,8 @@ pub const SHUTDOWN_POLL: Duration = Duration::from_millis(100);
 
 pub struct Worker {
     pub id: usize,
+    /// Cancelled when the server shuts down: ends the accept and every idle keep-alive read.
+    pub shutdown: CancelHandle,
     pub shared: Arc<Shared>,
     pub pool: Pool,
     pub connector: Connector,
@@ -72,19 +75,23 @@ pub async fn run_worker(id: usize, listener: std::net::TcpListener, shared: Arc<
         }
     };
     let connector = Connector::new(shared.tls.clone(), shared.resolver.clone());
-    let worker = Rc::new(Worker { id, shared, pool: Pool::default(), connector, active: Cell::new(0) });
+    let canceller = Canceller::new();
+    let worker =
+        Rc::new(Worker { id, shutdown: canceller.handle(), shared, pool: Pool::default(), connector, active: Cell::new(0) });
+
+    // Turns the shutdown flag into a cancellation of the worker's waiting operations. Cancelled
+    // operations, unlike abandoned ones, still return what they completed: no accepted
+    // connection or received request is lost.
+    let watcher = worker.clone();
+    monoio::spawn(async move {
+        while !watcher.shutting_down() {
+            monoio::time::sleep(SHUTDOWN_POLL).await;
+        }
+        canceller.cancel();
+    });
 
     while !worker.shutting_down() {
-        // Wait for readiness rather than for `accept` itself: a readiness wait can be abandoned
-        // at no cost, an abandoned accept can lose a connection the kernel already handed over.
-        let ready = monoio::select! {
-            r = listener.readable(false) => r.is_ok(),
-            _ = monoio::time::sleep(SHUTDOWN_POLL) => false,
-        };
-        if !ready || worker.shutting_down() {
-            continue;
-        }
-        match listener.accept().await {
+        match listener.cancelable_accept(worker.shutdown.clone()).await {
             Ok((stream, _peer)) => {
                 worker.active.set(worker.active.get() + 1);
                 let guard = ActiveGuard(worker.clone());
@@ -93,6 +100,7 @@ pub async fn run_worker(id: usize, listener: std::net::TcpListener, shared: Arc<
                     drop(guard);
                 });
             }
+            Err(_) if worker.shutting_down() => break,
             Err(e) => {
                 // Out of file descriptors and the like: back off instead of spinning.
                 tracing::warn!(worker = id, "accept failed: {e}");

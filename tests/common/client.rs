@@ -55,13 +55,20 @@ impl Conn {
 
     fn fill(&mut self) -> usize {
         let mut tmp = [0u8; 16384];
-        match self.s.read(&mut tmp) {
-            Ok(n) => {
-                self.buf.extend_from_slice(&tmp[..n]);
-                n
+        loop {
+            match self.s.read(&mut tmp) {
+                Ok(n) => {
+                    self.buf.extend_from_slice(&tmp[..n]);
+                    return n;
+                }
+                // Not an end of stream: the read was interrupted and must be retried.
+                Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+                Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
+                    panic!("read from proxy timed out")
+                }
+                // A reset is how a peer may end a connection; the caller sees it as EOF.
+                Err(_) => return 0,
             }
-            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => panic!("read from proxy timed out"),
-            Err(_) => 0,
         }
     }
 
