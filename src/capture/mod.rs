@@ -11,4 +11,4 @@ pub mod store;
 pub mod writer;
 
 pub use record::{CallRecord, Env, Outcome, Retention};
-pub use writer::{start_writer, CaptureSender, CaptureStats, RecordSink};
+pub use writer::{start_writer, CaptureSender, CaptureStats, RecordSink, WriterHandle};

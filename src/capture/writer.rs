@@ -3,21 +3,23 @@
 //! A worker never blocks its thread on capture: `CaptureSender::send` tries the channel and, when
 //! it is full, parks only the calling connection on a short timer and tries again. It never drops
 //! a record. The writer thread takes whatever is queued (up to `MAX_BATCH`) and writes it as one
-//! batch, so the write rate follows the load (group commit); when every sender is gone it drains
-//! the channel and returns.
+//! batch, so the write rate follows the load (group commit); when every sender is gone, or when
+//! told to finish, it drains the channel and returns.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use crossbeam_channel::{bounded, Receiver, Sender, TrySendError};
+use crossbeam_channel::{bounded, Receiver, RecvTimeoutError, Sender, TrySendError};
 
 use super::record::CallRecord;
 
 /// Records per write batch: large enough to amortize a WAL write under load, small enough that
 /// one batch is a few hundred KiB.
 const MAX_BATCH: usize = 512;
+/// How often an idle writer checks whether it was told to finish.
+const FINISH_POLL: Duration = Duration::from_millis(50);
 /// Back-off bounds while the channel is full.
 const FULL_WAIT_MIN: Duration = Duration::from_micros(200);
 const FULL_WAIT_MAX: Duration = Duration::from_millis(20);
@@ -79,21 +81,45 @@ impl CaptureSender {
     }
 }
 
-/// Starts the writer thread. It ends when every `CaptureSender` clone has been dropped and the
-/// channel is drained.
-pub fn start_writer(mut sink: impl RecordSink, capacity: usize) -> std::io::Result<(CaptureSender, JoinHandle<()>)> {
-    let (tx, rx) = bounded::<CallRecord>(capacity);
-    let stats = Arc::new(CaptureStats::default());
-    let writer_stats = stats.clone();
-    let handle = std::thread::Builder::new()
-        .name("kurral-capture".into())
-        .spawn(move || run_writer(&rx, &mut sink, &writer_stats))?;
-    Ok((CaptureSender { tx, stats }, handle))
+/// The writer thread, to be finished at shutdown.
+pub struct WriterHandle {
+    thread: JoinHandle<()>,
+    finish: Arc<AtomicBool>,
 }
 
-fn run_writer(rx: &Receiver<CallRecord>, sink: &mut dyn RecordSink, stats: &CaptureStats) {
+impl WriterHandle {
+    /// Writes everything already queued, then ends the thread. Senders still alive after this
+    /// (a connection that outlived its worker) can no longer be served.
+    pub fn finish(self) {
+        self.finish.store(true, Ordering::Release);
+        if self.thread.join().is_err() {
+            tracing::error!("the capture writer panicked");
+        }
+    }
+}
+
+/// Starts the writer thread. It ends when every `CaptureSender` clone has been dropped, or when
+/// `WriterHandle::finish` is called, after draining the channel either way.
+pub fn start_writer(mut sink: impl RecordSink, capacity: usize) -> std::io::Result<(CaptureSender, WriterHandle)> {
+    let (tx, rx) = bounded::<CallRecord>(capacity);
+    let stats = Arc::new(CaptureStats::default());
+    let finish = Arc::new(AtomicBool::new(false));
+    let (writer_stats, writer_finish) = (stats.clone(), finish.clone());
+    let thread = std::thread::Builder::new()
+        .name("kurral-capture".into())
+        .spawn(move || run_writer(&rx, &mut sink, &writer_stats, &writer_finish))?;
+    Ok((CaptureSender { tx, stats }, WriterHandle { thread, finish }))
+}
+
+fn run_writer(rx: &Receiver<CallRecord>, sink: &mut dyn RecordSink, stats: &CaptureStats, finish: &AtomicBool) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
-    while let Ok(first) = rx.recv() {
+    loop {
+        let first = match rx.recv_timeout(FINISH_POLL) {
+            Ok(r) => r,
+            Err(RecvTimeoutError::Timeout) if finish.load(Ordering::Acquire) => return,
+            Err(RecvTimeoutError::Timeout) => continue,
+            Err(RecvTimeoutError::Disconnected) => return,
+        };
         batch.push(first);
         while batch.len() < MAX_BATCH {
             match rx.try_recv() {
@@ -159,7 +185,7 @@ mod tests {
             }
         });
         drop(tx);
-        handle.join().unwrap();
+        handle.finish();
         let batches = sink.batches.lock().unwrap();
         let mut ids: Vec<String> = batches.iter().flatten().cloned().collect();
         ids.sort();

@@ -18,7 +18,7 @@ use monoio::buf::{IoBuf, IoBufMut};
 use monoio::net::TcpStream;
 
 use super::client::{ClientConn, READ_BUF};
-use super::worker::Worker;
+use super::worker::{ConnStop, Worker};
 use crate::auth::{identify, CallIdentity, LimitValues, Permit};
 use crate::capture::{CallRecord, Outcome};
 use crate::error::{ErrorKind, ProxyError, Side};
@@ -39,12 +39,16 @@ const REPLAY_MAX: usize = 256 * 1024;
 /// Status recorded when the client went away before any response was sent (nginx's convention).
 const STATUS_CLIENT_CLOSED: u16 = 499;
 
-pub async fn serve_connection(w: &Rc<Worker>, stream: TcpStream) {
+pub async fn serve_connection(w: &Rc<Worker>, stream: TcpStream, stop: &ConnStop) {
     // Streamed events are small: send each as soon as it is written.
     let _ = stream.set_nodelay(true);
     let mut client = ClientConn::new(stream);
     loop {
-        let head = match read_request_head(w, &mut client).await {
+        let read = monoio::select! {
+            h = read_request_head(w, &mut client) => h,
+            _ = stop.stopped() => HeadRead::Closed,
+        };
+        let head = match read {
             HeadRead::Head(h) => h,
             HeadRead::Closed => return,
             HeadRead::Error(e) => {
@@ -56,7 +60,7 @@ pub async fn serve_connection(w: &Rc<Worker>, stream: TcpStream) {
                 return;
             }
         };
-        match handle_request(w, &mut client, head).await {
+        match handle_request(w, &mut client, head, stop).await {
             Next::KeepAlive if !w.shutting_down() => {}
             Next::Linger => return client.linger_close().await,
             _ => return,
@@ -136,22 +140,27 @@ fn head_error(e: HeadError) -> ProxyError {
 }
 
 /// Serves one request; says what becomes of the connection.
-async fn handle_request(w: &Rc<Worker>, client: &mut ClientConn, head: RequestHead) -> Next {
+async fn handle_request(w: &Rc<Worker>, client: &mut ClientConn, head: RequestHead, stop: &ConnStop) -> Next {
     let started = Instant::now();
     let started_at = SystemTime::now();
     let data = client.data();
     // A body the proxy does not read cannot be skipped safely: the connection closes after it.
     let close_unless_body_read = head.has_body() || !head.keep_alive || w.shutting_down();
-    let planned = match route(head.method(data), head.target(data)) {
-        Route::Health => {
+    let routed = match refuse_method(head.method(data)) {
+        Some(e) => Err(e),
+        None => Ok(route(head.method(data), head.target(data))),
+    };
+    let planned = match routed {
+        Ok(Route::Health) => {
             client.consume(head.len);
             let resp = local_response(200, &[], br#"{"status":"ok"}"#, close_unless_body_read);
             return answer_locally(w, client, resp, close_unless_body_read).await;
         }
-        Route::NotFound => Err(ProxyError::not_found()),
-        Route::Proxy { provider, endpoint, upstream_target, path_model } => {
+        Ok(Route::NotFound) => Err(ProxyError::not_found()),
+        Ok(Route::Proxy { provider, endpoint, upstream_target, path_model }) => {
             plan_call(w, data, &head, provider, endpoint, upstream_target, path_model)
         }
+        Err(e) => Err(e),
     };
     let plan = match planned {
         Ok(p) => p,
@@ -167,7 +176,20 @@ async fn handle_request(w: &Rc<Worker>, client: &mut ClientConn, head: RequestHe
     tracing::debug!(worker = w.id, id = %call.id, provider = plan.provider.name(), "call start");
     let result = match admit(w, &plan) {
         // The permit holds the user's concurrency slot until the call is over.
-        Ok(_permit) => proxy_call(w, client, &plan, &mut call).await,
+        Ok(_permit) => {
+            let ran = monoio::select! {
+                r = proxy_call(w, client, &plan, &mut call) => Some(r),
+                _ = stop.stopped() => None,
+            };
+            // None: the shutdown grace period ran out with the call still going.
+            ran.unwrap_or_else(|| {
+                Err(if call.status == 0 {
+                    CallFailure::Respond(ProxyError::new(ErrorKind::Unavailable, "the proxy is shutting down"))
+                } else {
+                    CallFailure::Truncated(Outcome::Timeout, "the proxy shut down before the call finished")
+                })
+            })
+        }
         Err(e) => Err(CallFailure::Respond(e)),
     };
     let next = match result {
@@ -200,6 +222,16 @@ async fn handle_request(w: &Rc<Worker>, client: &mut ClientConn, head: RequestHe
     tracing::debug!(worker = w.id, id = %call.id, status = call.status, outcome = ?call.outcome, "call end");
     finish_capture(w, &plan, call).await;
     next
+}
+
+/// Methods the proxy relays. CONNECT and TRACE are refused (a tunnel or an echo of credentials
+/// has no place in front of an LLM API); anything else unknown is not implemented.
+fn refuse_method(method: &[u8]) -> Option<ProxyError> {
+    match method {
+        b"GET" | b"HEAD" | b"POST" | b"PUT" | b"PATCH" | b"DELETE" | b"OPTIONS" => None,
+        b"CONNECT" | b"TRACE" => Some(ProxyError::new(ErrorKind::MethodNotAllowed, "method not allowed")),
+        _ => Some(ProxyError::new(ErrorKind::NotImplemented, "method not implemented")),
+    }
 }
 
 /// Writes a response the proxy made itself. `close` when the request's body was not read.
@@ -309,7 +341,7 @@ impl CallState {
     fn fail_before_response(&mut self, e: &ProxyError) {
         self.status = e.status();
         self.outcome = match (e.kind.side(), e.kind) {
-            (_, ErrorKind::GatewayTimeout | ErrorKind::RequestTimeout) => Outcome::Timeout,
+            (_, ErrorKind::GatewayTimeout | ErrorKind::RequestTimeout | ErrorKind::Unavailable) => Outcome::Timeout,
             (Side::Downstream, _) => Outcome::Rejected,
             (Side::Upstream | Side::Internal, _) => Outcome::UpstreamError,
         };
@@ -351,7 +383,9 @@ async fn proxy_call(w: &Worker, client: &mut ClientConn, plan: &CallPlan, call: 
         Err(ForwardError::Upstream(_)) => return Err(CallFailure::Respond(ProxyError::bad_gateway("upstream connection failed"))),
         Err(ForwardError::Call(f)) => return Err(f),
     };
-    let (mut upstream, resp, buf) = match read_response_head(&mut upstream, plan.head_request, deadline).await {
+    // The upstream must start answering within the first-byte timeout, and within the call's.
+    let head_deadline = deadline.min(Instant::now() + w.shared.config.limits.first_byte_timeout);
+    let (mut upstream, resp, buf) = match read_response_head(&mut upstream, plan.head_request, head_deadline).await {
         Ok((resp, buf)) => (upstream, resp, buf),
         // A pooled connection the upstream had already closed: send the request once more on a
         // fresh connection. Only when nothing came back, so the upstream cannot have acted on it.
@@ -361,7 +395,8 @@ async fn proxy_call(w: &Worker, client: &mut ClientConn, plan: &CallPlan, call: 
             if let (Err(_), _) = fresh.write_all(replay).await {
                 return Err(CallFailure::Respond(ProxyError::bad_gateway("upstream connection failed")));
             }
-            let (resp, buf) = read_response_head(&mut fresh, plan.head_request, deadline).await.map_err(HeadFailure::into_failure)?;
+            let (resp, buf) =
+                read_response_head(&mut fresh, plan.head_request, head_deadline).await.map_err(HeadFailure::into_failure)?;
             (fresh, resp, buf)
         }
         Err(e) => return Err(e.into_failure()),

@@ -19,7 +19,7 @@ use rustls::ClientConfig;
 
 use crate::auth::store::watch_keys;
 use crate::auth::{KeyStore, SharedKeys};
-use crate::capture::{start_writer, CaptureSender, CaptureStats, RecordSink};
+use crate::capture::{start_writer, CaptureSender, CaptureStats, RecordSink, WriterHandle};
 use crate::config::Config;
 use crate::upstream::{start_resolver, Resolver};
 
@@ -42,7 +42,7 @@ pub struct ServerHandle {
     shared: Option<Arc<Shared>>,
     stop: Arc<AtomicBool>,
     workers: Vec<JoinHandle<()>>,
-    writer: Option<JoinHandle<()>>,
+    writer: Option<WriterHandle>,
     key_watcher: Option<JoinHandle<()>>,
     resolver: Option<JoinHandle<()>>,
     stats: Arc<CaptureStats>,
@@ -72,10 +72,10 @@ impl ServerHandle {
                 tracing::error!("a worker thread panicked");
             }
         }
-        // The last capture sender goes with `shared`; the writer then drains and returns.
+        // Every worker has ended its connections; the writer drains what they queued.
         self.shared.take();
         if let Some(writer) = self.writer.take() {
-            let _ = writer.join();
+            writer.finish();
         }
         if let Some(k) = self.key_watcher.take() {
             let _ = k.join();

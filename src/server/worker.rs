@@ -2,11 +2,12 @@
 //! pool, connector and buffers. Nothing here is shared with other workers except `Shared`, which
 //! is read-mostly (config, key table) or internally synchronized (the capture channel).
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, Waker};
 use std::rc::Rc;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -21,6 +22,8 @@ use crate::upstream::{Connector, Pool};
 
 /// How often a worker looks at the shutdown flag while it waits for connections or requests.
 pub const SHUTDOWN_POLL: Duration = Duration::from_millis(100);
+/// After the grace period, calls still running are ended; this bounds how long that takes.
+const HARD_STOP_WAIT: Duration = Duration::from_secs(2);
 
 pub struct Worker {
     pub id: usize,
@@ -30,6 +33,48 @@ pub struct Worker {
     pub pool: Pool,
     pub connector: Connector,
     active: Cell<usize>,
+    /// Every open connection's stop switch, by connection number.
+    stops: RefCell<HashMap<u64, Rc<ConnStop>>>,
+    next_conn: Cell<u64>,
+}
+
+/// Ends a connection's call when the grace period is over. The connection polls `stopped()`
+/// beside its work; the worker fires it.
+#[derive(Default)]
+pub struct ConnStop {
+    fired: Cell<bool>,
+    waker: RefCell<Option<Waker>>,
+}
+
+impl ConnStop {
+    fn fire(&self) {
+        self.fired.set(true);
+        if let Some(w) = self.waker.borrow_mut().take() {
+            w.wake();
+        }
+    }
+
+    /// Resolves once the worker has fired this stop.
+    pub fn stopped(&self) -> Stopped<'_> {
+        Stopped(self)
+    }
+}
+
+pub struct Stopped<'a>(&'a ConnStop);
+
+impl Future for Stopped<'_> {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        if self.0.fired.get() {
+            return Poll::Ready(());
+        }
+        let mut slot = self.0.waker.borrow_mut();
+        if !slot.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+            *slot = Some(cx.waker().clone());
+        }
+        Poll::Pending
+    }
 }
 
 impl Worker {
@@ -56,12 +101,29 @@ impl Future for CatchPanic<'_> {
     }
 }
 
-/// Counts a connection as in flight for as long as it lives.
-struct ActiveGuard(Rc<Worker>);
+/// Counts a connection as in flight, and keeps its stop switch registered, for as long as it
+/// lives.
+struct ActiveGuard {
+    worker: Rc<Worker>,
+    conn: u64,
+    stop: Rc<ConnStop>,
+}
+
+impl ActiveGuard {
+    fn new(worker: &Rc<Worker>) -> ActiveGuard {
+        let conn = worker.next_conn.get();
+        worker.next_conn.set(conn + 1);
+        worker.active.set(worker.active.get() + 1);
+        let stop = Rc::new(ConnStop::default());
+        worker.stops.borrow_mut().insert(conn, stop.clone());
+        ActiveGuard { worker: worker.clone(), conn, stop }
+    }
+}
 
 impl Drop for ActiveGuard {
     fn drop(&mut self) {
-        self.0.active.set(self.0.active.get() - 1);
+        self.worker.active.set(self.worker.active.get() - 1);
+        self.worker.stops.borrow_mut().remove(&self.conn);
     }
 }
 
@@ -76,8 +138,16 @@ pub async fn run_worker(id: usize, listener: std::net::TcpListener, shared: Arc<
     };
     let connector = Connector::new(shared.tls.clone(), shared.resolver.clone());
     let canceller = Canceller::new();
-    let worker =
-        Rc::new(Worker { id, shutdown: canceller.handle(), shared, pool: Pool::default(), connector, active: Cell::new(0) });
+    let worker = Rc::new(Worker {
+        id,
+        shutdown: canceller.handle(),
+        shared,
+        pool: Pool::default(),
+        connector,
+        active: Cell::new(0),
+        stops: RefCell::new(HashMap::new()),
+        next_conn: Cell::new(0),
+    });
 
     // Turns the shutdown flag into a cancellation of the worker's waiting operations. Cancelled
     // operations, unlike abandoned ones, still return what they completed: no accepted
@@ -93,10 +163,9 @@ pub async fn run_worker(id: usize, listener: std::net::TcpListener, shared: Arc<
     while !worker.shutting_down() {
         match listener.cancelable_accept(worker.shutdown.clone()).await {
             Ok((stream, _peer)) => {
-                worker.active.set(worker.active.get() + 1);
-                let guard = ActiveGuard(worker.clone());
+                let guard = ActiveGuard::new(&worker);
                 monoio::spawn(async move {
-                    CatchPanic(Box::pin(serve_connection(&guard.0, stream))).await;
+                    CatchPanic(Box::pin(serve_connection(&guard.worker, stream, &guard.stop))).await;
                     drop(guard);
                 });
             }
@@ -115,6 +184,14 @@ pub async fn run_worker(id: usize, listener: std::net::TcpListener, shared: Arc<
         monoio::time::sleep(Duration::from_millis(20)).await;
     }
     if worker.active.get() > 0 {
-        tracing::warn!(worker = id, open = worker.active.get(), "grace period over; closing connections still open");
+        tracing::warn!(worker = id, open = worker.active.get(), "grace period over; ending the calls still running");
+        let stops: Vec<Rc<ConnStop>> = worker.stops.borrow().values().cloned().collect();
+        for stop in stops {
+            stop.fire();
+        }
+        let deadline = Instant::now() + HARD_STOP_WAIT;
+        while worker.active.get() > 0 && Instant::now() < deadline {
+            monoio::time::sleep(Duration::from_millis(10)).await;
+        }
     }
 }

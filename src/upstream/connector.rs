@@ -115,7 +115,8 @@ impl Connector {
             return Ok(UpstreamStream::Plain(tcp));
         }
         let name = ServerName::try_from(url.host.clone()).map_err(|e| ConnectError::Tls(e.to_string()))?;
+        let fd = std::os::fd::AsRawFd::as_raw_fd(&tcp);
         let tls = self.tls.connect(name, tcp).await.map_err(|e| ConnectError::Tls(e.to_string()))?;
-        Ok(UpstreamStream::Tls(Box::new(tls)))
+        Ok(UpstreamStream::tls(tls, fd))
     }
 }

@@ -1,6 +1,7 @@
 //! Each worker's idle upstream connections, by provider. Single-threaded (one per worker), so no
 //! lock. A connection enters the pool only after a complete, clean response that did not ask to
-//! close; it is reused most-recent-first and dropped once idle for `MAX_IDLE`.
+//! close; it is reused most-recent-first, and dropped once idle for `MAX_IDLE` or when anything
+//! arrived on it while it sat idle.
 
 use std::cell::RefCell;
 use std::time::{Duration, Instant};
@@ -29,7 +30,7 @@ impl Pool {
         let mut idle = self.idle.borrow_mut();
         let list = &mut idle[provider.index()];
         while let Some((stream, since)) = list.pop() {
-            if since.elapsed() < MAX_IDLE {
+            if since.elapsed() < MAX_IDLE && stream.is_quiet() {
                 return Some(stream);
             }
         }

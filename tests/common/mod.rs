@@ -4,3 +4,4 @@
 pub mod client;
 pub mod harness;
 pub mod mock_upstream;
+pub mod raw_upstream;
