@@ -241,6 +241,11 @@ pub fn parse_response_head(
         return Err(HeadError::TooLarge);
     }
     let status = resp.code.expect("complete response has a status");
+    // httparse takes any three digits; RFC 9110 15 defines 1xx to 5xx, and a code under 100 would
+    // not survive being written back as a number.
+    if !(100..=599).contains(&status) {
+        return Err(HeadError::Malformed("invalid status code"));
+    }
     let minor_version = resp.version.expect("complete response has a version");
     let reason = resp.reason.unwrap_or("");
     let headers: Vec<HeaderSpan> = resp
@@ -498,8 +503,13 @@ mod tests {
             assert_eq!(h.framing, *framing, "{raw:?}");
             assert_eq!(h.close, *close, "{raw:?}");
         }
-        let bad = "HTTP/1.1 200 OK\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n";
-        assert!(parse_response_head(bad.as_bytes(), 8192, false).is_err());
+        for bad in [
+            "HTTP/1.1 200 OK\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n",
+            "HTTP/1.1 058 Odd\r\n\r\n",
+            "HTTP/1.1 600 Odd\r\n\r\n",
+        ] {
+            assert!(parse_response_head(bad.as_bytes(), 8192, false).is_err(), "{bad:?}");
+        }
     }
 
     #[test]
