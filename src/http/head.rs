@@ -177,11 +177,7 @@ pub fn parse_request_head(buf: &[u8], limits: HeadLimits) -> Result<Option<Reque
         return Err(HeadError::TargetTooLong);
     }
     let minor_version = req.version.expect("complete request has a version");
-    let headers: Vec<HeaderSpan> = req
-        .headers
-        .iter()
-        .map(|h| HeaderSpan { name: Span::of(buf, h.name.as_bytes()), value: Span::of(buf, h.value) })
-        .collect();
+    let headers = spans(buf, req.headers);
 
     let fields = FieldSummary::of(&headers, buf)?;
     if minor_version == 1 && fields.hosts == 0 {
@@ -248,11 +244,7 @@ pub fn parse_response_head(
     }
     let minor_version = resp.version.expect("complete response has a version");
     let reason = resp.reason.unwrap_or("");
-    let headers: Vec<HeaderSpan> = resp
-        .headers
-        .iter()
-        .map(|h| HeaderSpan { name: Span::of(buf, h.name.as_bytes()), value: Span::of(buf, h.value) })
-        .collect();
+    let headers = spans(buf, resp.headers);
     let fields = FieldSummary::of(&headers, buf)?;
     // RFC 9112 6.3: these responses never have a body, whatever their headers say.
     let bodiless = request_was_head || (100..200).contains(&status) || status == 204 || status == 304;
@@ -276,6 +268,10 @@ pub fn parse_response_head(
         framing,
         close,
     }))
+}
+
+fn spans(buf: &[u8], fields: &[httparse::Header<'_>]) -> Vec<HeaderSpan> {
+    fields.iter().map(|h| HeaderSpan { name: Span::of(buf, h.name.as_bytes()), value: Span::of(buf, h.value) }).collect()
 }
 
 /// What the framing-relevant fields of a head say, after the strict checks.
