@@ -442,3 +442,17 @@ fn shutdown_lets_a_stream_in_flight_finish_and_keeps_its_record() {
     assert_eq!(records.len(), 1);
     assert_eq!(records[0].outcome, Outcome::Ok);
 }
+
+#[test]
+fn upstream_named_by_host_name_is_resolved_off_the_workers() {
+    let mock = MockUpstream::start_plain();
+    let by_name = format!("http://localhost:{}", mock.addr().port());
+    let mut proxy = Proxy::start(&mock, |c| {
+        c.upstreams[kurral_proxy::provider::Provider::OpenAi.index()] = kurral_proxy::upstream::UpstreamUrl::parse(&by_name).unwrap();
+    });
+    let fields = proxy.kurral("bot");
+    let r = send(proxy.addr, &request("POST", CHAT, &fields, CHAT_BODY.as_bytes()));
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(mock.received()[0].header_str("host"), Some(format!("localhost:{}", mock.addr().port()).as_str()));
+    assert_eq!(proxy.stop_and_records().len(), 1);
+}
