@@ -236,6 +236,7 @@ pub fn parse_response_head(
     if len > max_head_bytes {
         return Err(HeadError::TooLarge);
     }
+    check_line_endings(&buf[..len])?;
     let status = resp.code.expect("complete response has a status");
     // httparse takes any three digits; RFC 9110 15 defines 1xx to 5xx, and a code under 100 would
     // not survive being written back as a number.
@@ -502,6 +503,7 @@ mod tests {
         for bad in [
             "HTTP/1.1 200 OK\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n",
             "HTTP/1.1 058 Odd\r\n\r\n",
+            "HTTP/1.1 200 OK\nContent-Length: 0\r\n\r\n",
             "HTTP/1.1 600 Odd\r\n\r\n",
         ] {
             assert!(parse_response_head(bad.as_bytes(), 8192, false).is_err(), "{bad:?}");
