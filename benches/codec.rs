@@ -40,7 +40,9 @@ fn heads(c: &mut Criterion) {
     });
     let resp = SDK_RESPONSE_HEAD.as_bytes();
     g.throughput(Throughput::Bytes(resp.len() as u64));
-    g.bench_function("parse_response", |b| b.iter(|| parse_response_head(black_box(resp), 64 * 1024, false).unwrap().unwrap()));
+    g.bench_function("parse_response", |b| {
+        b.iter(|| parse_response_head(black_box(resp), 64 * 1024, false).unwrap().unwrap())
+    });
     g.finish();
 }
 

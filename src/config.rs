@@ -107,8 +107,11 @@ impl Config {
 
     /// A configuration for tests and embedding: defaults, the given data dir, loopback port 0.
     pub fn for_data_dir(data_dir: &Path) -> Config {
-        resolve_with_env(ServeArgs { listen: Some("127.0.0.1:0".into()), data_dir: Some(data_dir.into()), ..Default::default() }, &|_| None)
-            .expect("defaults are valid")
+        resolve_with_env(
+            ServeArgs { listen: Some("127.0.0.1:0".into()), data_dir: Some(data_dir.into()), ..Default::default() },
+            &|_| None,
+        )
+        .expect("defaults are valid")
     }
 }
 
@@ -172,10 +175,8 @@ fn resolve_with_env(args: ServeArgs, env: &dyn Fn(&str) -> Option<String>) -> Re
         .next()
         .ok_or_else(|| format!("--listen {listen_text}: no address"))?;
 
-    let workers = args
-        .workers
-        .or(file.workers)
-        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    let workers =
+        args.workers.or(file.workers).unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
     if workers == 0 || workers > 1024 {
         return Err(format!("--workers must be between 1 and 1024, got {workers}"));
     }
@@ -184,7 +185,8 @@ fn resolve_with_env(args: ServeArgs, env: &dyn Fn(&str) -> Option<String>) -> Re
     let mut from_flags: [Option<String>; 3] = Default::default();
     for spec in &args.upstreams {
         let (name, url) = spec.split_once('=').ok_or_else(|| format!("--upstream expects NAME=URL, got {spec}"))?;
-        let p = Provider::from_name(name).ok_or_else(|| format!("--upstream: unknown provider {name} (openai, anthropic, google)"))?;
+        let p = Provider::from_name(name)
+            .ok_or_else(|| format!("--upstream: unknown provider {name} (openai, anthropic, google)"))?;
         from_flags[p.index()] = Some(url.to_string());
     }
     let from_file = [file.upstream.openai, file.upstream.anthropic, file.upstream.google];

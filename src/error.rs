@@ -111,12 +111,18 @@ impl ProxyError {
     pub fn rate_limited(refusal: &crate::auth::Refusal) -> Self {
         use crate::auth::Refusal;
         let (message, retry_after, limit_name, limit) = match refusal {
-            Refusal::Rate { limit, retry_after } => {
-                (format!("Rate limit exceeded: {limit} requests per minute"), retry_after.as_secs_f64().ceil().max(1.0) as u64, "x-kurral-ratelimit-limit-requests", *limit)
-            }
-            Refusal::Concurrency { limit } => {
-                (format!("Rate limit exceeded: at most {limit} concurrent requests"), 1, "x-kurral-ratelimit-limit-concurrent", *limit)
-            }
+            Refusal::Rate { limit, retry_after } => (
+                format!("Rate limit exceeded: {limit} requests per minute"),
+                retry_after.as_secs_f64().ceil().max(1.0) as u64,
+                "x-kurral-ratelimit-limit-requests",
+                *limit,
+            ),
+            Refusal::Concurrency { limit } => (
+                format!("Rate limit exceeded: at most {limit} concurrent requests"),
+                1,
+                "x-kurral-ratelimit-limit-concurrent",
+                *limit,
+            ),
         };
         let mut e = Self::new(ErrorKind::TooManyRequests, message);
         e.headers = vec![("retry-after", retry_after.to_string()), (limit_name, limit.to_string())];

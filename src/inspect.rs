@@ -36,7 +36,10 @@ mod tests {
 
     #[test]
     fn reads_model_and_stream_wherever_they_are() {
-        assert_eq!(info(r#"{"model":"gpt-4o","stream":true}"#), RequestInfo { model: Some("gpt-4o".into()), stream: true });
+        assert_eq!(
+            info(r#"{"model":"gpt-4o","stream":true}"#),
+            RequestInfo { model: Some("gpt-4o".into()), stream: true }
+        );
         let late = r#"{"messages":[{"role":"user","content":"say \"model\": x"}], "stream" : false, "model" : "claude-sonnet-4-5"}"#;
         assert_eq!(info(late), RequestInfo { model: Some("claude-sonnet-4-5".into()), stream: false });
         assert_eq!(info(r#"{"messages":[{"model":"nested"}]}"#), RequestInfo::default());

@@ -10,9 +10,7 @@ use kurral_proxy::{config, server};
 
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("KURRAL_LOG").unwrap_or_else(|_| "info".into()),
-        )
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("KURRAL_LOG").unwrap_or_else(|_| "info".into()))
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
@@ -67,7 +65,8 @@ fn keys(cmd: KeysCommand) -> Result<(), String> {
     match cmd {
         KeysCommand::Create { user, requests_per_minute, max_concurrent, dir } => {
             let limits = KeyLimits { requests_per_minute, max_concurrent };
-            let (key, id) = KeyStore::new(&dir.data_dir).create_with_limits(&user, limits).map_err(|e| e.to_string())?;
+            let (key, id) =
+                KeyStore::new(&dir.data_dir).create_with_limits(&user, limits).map_err(|e| e.to_string())?;
             eprintln!("Created key {id} for user \"{user}\". Store it now: it is not shown again.");
             println!("{key}");
         }
@@ -78,18 +77,27 @@ fn keys(cmd: KeysCommand) -> Result<(), String> {
                     println!("{}", serde_json::to_string(k).expect("serializable"));
                 }
             } else {
-                println!("{:<18} {:<20} {:<14} {:<26} {:<8} {:<8} STATUS", "ID", "USER", "PREFIX", "CREATED", "RPM", "CONC");
+                println!(
+                    "{:<18} {:<20} {:<14} {:<26} {:<8} {:<8} STATUS",
+                    "ID", "USER", "PREFIX", "CREATED", "RPM", "CONC"
+                );
                 let or_default = |v: Option<u32>| v.map_or_else(|| "default".to_string(), |n| n.to_string());
                 for k in &list {
                     let status = if k.revoked { "revoked" } else { "active" };
                     let (rpm, conc) = (or_default(k.limits.requests_per_minute), or_default(k.limits.max_concurrent));
-                    println!("{:<18} {:<20} {:<14} {:<26} {rpm:<8} {conc:<8} {status}", k.id, k.user, k.prefix, k.created_at);
+                    println!(
+                        "{:<18} {:<20} {:<14} {:<26} {rpm:<8} {conc:<8} {status}",
+                        k.id, k.user, k.prefix, k.created_at
+                    );
                 }
             }
         }
         KeysCommand::Revoke { key, dir } => {
             if !KeyStore::new(&dir.data_dir).revoke(&key).map_err(|e| e.to_string())? {
-                return Err(format!("no active key matches {}", if key.starts_with("kr_") { "the given key" } else { &key }));
+                return Err(format!(
+                    "no active key matches {}",
+                    if key.starts_with("kr_") { "the given key" } else { &key }
+                ));
             }
             eprintln!("revoked");
         }
@@ -112,7 +120,10 @@ fn calls(cmd: CallsCommand) -> Result<(), String> {
                     println!("{}", serde_json::to_string(c).expect("serializable"));
                 }
             } else {
-                println!("{:<36} {:<24} {:<10} {:<22} {:<24} {:>6} {:>10}", "ID", "STARTED", "PROVIDER", "ENDPOINT", "MODEL", "STATUS", "LATENCY");
+                println!(
+                    "{:<36} {:<24} {:<10} {:<22} {:<24} {:>6} {:>10}",
+                    "ID", "STARTED", "PROVIDER", "ENDPOINT", "MODEL", "STATUS", "LATENCY"
+                );
                 for c in &calls {
                     println!(
                         "{:<36} {:<24} {:<10} {:<22} {:<24} {:>6} {:>8.1}ms",

@@ -451,7 +451,11 @@ fn run_case(addr: SocketAddr, key: &str, mock: &MockUpstream, case: &Case, mode:
             return Err(format!("expected 1 upstream request, the mock got {}", upstream.len()));
         };
         if rec.body != body {
-            return Err(format!("upstream body {:?}, expected {:?}", String::from_utf8_lossy(&rec.body), String::from_utf8_lossy(body)));
+            return Err(format!(
+                "upstream body {:?}, expected {:?}",
+                String::from_utf8_lossy(&rec.body),
+                String::from_utf8_lossy(body)
+            ));
         }
         for name in absent {
             if let Some(v) = rec.header(name) {
@@ -521,14 +525,18 @@ fn run_table(suite: &str, cases: Vec<Case>) {
             .into_iter()
             .map(|(label, h)| {
                 let r = h.join().unwrap_or_else(|p| {
-                    Err(format!("panicked: {}", p.downcast_ref::<String>().cloned().unwrap_or_else(|| format!("{p:?}"))))
+                    Err(format!(
+                        "panicked: {}",
+                        p.downcast_ref::<String>().cloned().unwrap_or_else(|| format!("{p:?}"))
+                    ))
                 });
                 (label, r)
             })
             .collect()
     });
     thread::sleep(Duration::from_millis(200));
-    let mut failures: Vec<String> = results.iter().filter_map(|(l, r)| r.as_ref().err().map(|e| format!("  {l}: {e}"))).collect();
+    let mut failures: Vec<String> =
+        results.iter().filter_map(|(l, r)| r.as_ref().err().map(|e| format!("  {l}: {e}"))).collect();
     let forwarded: usize = results.iter().filter_map(|(_, r)| r.as_ref().ok()).sum();
     let tags: Vec<String> = cases
         .iter()
@@ -537,7 +545,10 @@ fn run_table(suite: &str, cases: Vec<Case>) {
     for r in mock.received() {
         let tag = r.header_str("x-case").unwrap_or("");
         if !tags.iter().any(|t| t == tag) {
-            failures.push(format!("  (suite): the upstream received a request no case sent: {} {} x-case={tag:?}", r.method, r.target));
+            failures.push(format!(
+                "  (suite): the upstream received a request no case sent: {} {} x-case={tag:?}",
+                r.method, r.target
+            ));
         }
     }
     let total = mock.received().len();
@@ -578,8 +589,16 @@ fn table_content_length_and_transfer_encoding() {
             case("te_identity", te(b"identity", b"{}"), reject(te_unknown)),
             case("te_xchunked", te(b"xchunked", CHUNKED_OK), reject(te_unknown)),
             case("te_chunked_twice_one_field", te(b"chunked, chunked", CHUNKED_OK), r400()),
-            case("te_chunked_two_fields", post(b"Transfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n", CHUNKED_OK), r400()),
-            case("te_chunked_and_garbage_field", post(b"Transfer-Encoding: chunked\r\nTransfer-Encoding: x\r\n", CHUNKED_OK), r400()),
+            case(
+                "te_chunked_two_fields",
+                post(b"Transfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n", CHUNKED_OK),
+                r400(),
+            ),
+            case(
+                "te_chunked_and_garbage_field",
+                post(b"Transfer-Encoding: chunked\r\nTransfer-Encoding: x\r\n", CHUNKED_OK),
+                r400(),
+            ),
             case("te_empty_value", te(b"", b"{}"), reject(te_unknown)),
             case("te_quoted", te(b"\"chunked\"", CHUNKED_OK), reject(te_unknown)),
             case("te_vertical_tab", te(b"\x0bchunked", CHUNKED_OK), reject(te_unknown)),
@@ -589,12 +608,19 @@ fn table_content_length_and_transfer_encoding() {
             case("te_tab_ok", post(b"Transfer-Encoding:\tchunked\r\n", CHUNKED_OK), forward(BODY_OK)),
             case(
                 "te_on_http10",
-                cat(&[format!("POST {CHAT} HTTP/1.0\r\n{AUTH}Transfer-Encoding: chunked\r\n\r\n").as_bytes(), CHUNKED_OK]),
+                cat(&[
+                    format!("POST {CHAT} HTTP/1.0\r\n{AUTH}Transfer-Encoding: chunked\r\n\r\n").as_bytes(),
+                    CHUNKED_OK,
+                ]),
                 r400(),
             ),
             case(
                 "te_on_http10_with_cl",
-                cat(&[format!("POST {CHAT} HTTP/1.0\r\n{AUTH}Transfer-Encoding: chunked\r\nContent-Length: 14\r\n\r\n").as_bytes(), CHUNKED_OK]),
+                cat(&[
+                    format!("POST {CHAT} HTTP/1.0\r\n{AUTH}Transfer-Encoding: chunked\r\nContent-Length: 14\r\n\r\n")
+                        .as_bytes(),
+                    CHUNKED_OK,
+                ]),
                 r400(),
             ),
         ],
@@ -609,7 +635,11 @@ fn table_head_syntax() {
         vec![
             case("obs_fold_space", cl2(b"X-Foo: a\r\n b\r\n"), r400()),
             case("obs_fold_tab", cl2(b"X-Foo: a\r\n\tb\r\n"), r400()),
-            case("obs_fold_transfer_encoding", post(b"Transfer-Encoding: gzip\r\n chunked\r\n", b"0\r\n\r\n"), reject(&[400, 501])),
+            case(
+                "obs_fold_transfer_encoding",
+                post(b"Transfer-Encoding: gzip\r\n chunked\r\n", b"0\r\n\r\n"),
+                reject(&[400, 501]),
+            ),
             case(
                 "space_before_first_header",
                 cat(&[format!("POST {CHAT} HTTP/1.1\r\n Host: p\r\n{AUTH}Content-Length: 2\r\n\r\n{{}}").as_bytes()]),
@@ -623,7 +653,11 @@ fn table_head_syntax() {
                 format!("POST {CHAT} HTTP/1.1\nHost: p\r\n{AUTH}Content-Length: 2\r\n\r\n{{}}").into_bytes(),
                 r400(),
             ),
-            case("bare_lf_head_end", format!("POST {CHAT} HTTP/1.1\r\nHost: p\r\n{AUTH}Content-Length: 2\r\n\n{{}}").into_bytes(), r400()),
+            case(
+                "bare_lf_head_end",
+                format!("POST {CHAT} HTTP/1.1\r\nHost: p\r\n{AUTH}Content-Length: 2\r\n\n{{}}").into_bytes(),
+                r400(),
+            ),
             case("space_before_colon_cl", post(b"Content-Length : 2\r\n", b"{}"), r400()),
             case("space_before_colon_te", post(b"Transfer-Encoding : chunked\r\n", b"0\r\n\r\n"), r400()),
             case("tab_before_colon", cl2(b"X-Foo\t: a\r\n"), r400()),
@@ -665,7 +699,11 @@ fn table_chunked_bodies() {
             case("chunk_data_shorter_than_size", chunked(b"4\r\n{}\r\n0\r\n\r\n"), r400()),
             case("chunk_missing_crlf_after_data", chunked(b"2\r\n{}0\r\n\r\n"), r400()),
             case("chunk_lf_only_after_data", chunked(b"2\r\n{}\n0\r\n\r\n"), r400()),
-            case("chunk_last_then_request_line", chunked(b"2\r\n{}\r\n0\r\nPOST /x HTTP/1.1\r\nHost: p\r\n\r\n"), r400()),
+            case(
+                "chunk_last_then_request_line",
+                chunked(b"2\r\n{}\r\n0\r\nPOST /x HTTP/1.1\r\nHost: p\r\n\r\n"),
+                r400(),
+            ),
             case("chunk_trailer_without_colon", chunked(b"2\r\n{}\r\n0\r\nnot a field\r\n\r\n"), r400()),
             case("chunk_trailer_obs_fold", chunked(b"2\r\n{}\r\n0\r\nX-T: a\r\n b\r\n\r\n"), r400()),
             case("chunk_ext_valid_ok", chunked(b"2;a=b;c=\"d e\"\r\n{}\r\n0\r\n\r\n"), forward(b"{}")),
@@ -741,8 +779,16 @@ fn table_methods_versions_and_sizes() {
                 format!("CONNECT api.openai.com:443 HTTP/1.1\r\nHost: api.openai.com:443\r\n{AUTH}\r\n").into_bytes(),
                 any_close(&[400, 404, 405, 501]),
             ),
-            case("connect_origin_form_to_provider", line(&format!("CONNECT {CHAT} HTTP/1.1"), b"", b""), any_close(&[400, 405, 501])),
-            case("method_unknown_token", line(&format!("BREW {CHAT} HTTP/1.1"), b"Content-Length: 2\r\n", b"{}"), any_close(&[400, 405, 501])),
+            case(
+                "connect_origin_form_to_provider",
+                line(&format!("CONNECT {CHAT} HTTP/1.1"), b"", b""),
+                any_close(&[400, 405, 501]),
+            ),
+            case(
+                "method_unknown_token",
+                line(&format!("BREW {CHAT} HTTP/1.1"), b"Content-Length: 2\r\n", b"{}"),
+                any_close(&[400, 405, 501]),
+            ),
             case(
                 "method_huge",
                 line(&format!("{} {CHAT} HTTP/1.1", "A".repeat(3000)), b"Content-Length: 2\r\n", b"{}"),
@@ -750,7 +796,11 @@ fn table_methods_versions_and_sizes() {
             ),
             case("method_non_token", line(&format!("G{{T {CHAT} HTTP/1.1"), b"", b""), r400()),
             case("method_empty", line(&format!(" {CHAT} HTTP/1.1"), b"", b""), r400()),
-            case("request_line_double_space", line(&format!("POST  {CHAT} HTTP/1.1"), b"Content-Length: 2\r\n", b"{}"), r400()),
+            case(
+                "request_line_double_space",
+                line(&format!("POST  {CHAT} HTTP/1.1"), b"Content-Length: 2\r\n", b"{}"),
+                r400(),
+            ),
             case("request_line_tab", line(&format!("POST\t{CHAT} HTTP/1.1"), b"Content-Length: 2\r\n", b"{}"), r400()),
             case(
                 "target_with_space",
@@ -764,8 +814,16 @@ fn table_methods_versions_and_sizes() {
             ),
             case("http2_preface", b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec(), reject(&[400, 505])),
             case("http09_request", b"GET /api/proxy/health\r\n".to_vec(), reject(&[400, 505])),
-            case("http_version_1_2", b"GET /api/proxy/health HTTP/1.2\r\nHost: p\r\n\r\n".to_vec(), reject(&[400, 505])),
-            case("http_version_lowercase", b"GET /api/proxy/health http/1.1\r\nHost: p\r\n\r\n".to_vec(), reject(&[400, 505])),
+            case(
+                "http_version_1_2",
+                b"GET /api/proxy/health HTTP/1.2\r\nHost: p\r\n\r\n".to_vec(),
+                reject(&[400, 505]),
+            ),
+            case(
+                "http_version_lowercase",
+                b"GET /api/proxy/health http/1.1\r\nHost: p\r\n\r\n".to_vec(),
+                reject(&[400, 505]),
+            ),
             case(
                 "request_line_too_long",
                 line(&format!("POST {CHAT}?q={} HTTP/1.1", "a".repeat(2000)), b"Content-Length: 2\r\n", b"{}"),
@@ -776,7 +834,11 @@ fn table_methods_versions_and_sizes() {
                 line(&format!("POST {CHAT}?q={} HTTP/1.1", "a".repeat(10000)), b"Content-Length: 2\r\n", b"{}"),
                 reject(&[414, 431]),
             ),
-            case("head_too_large", post(format!("X-Big: {}\r\nContent-Length: 2\r\n", "b".repeat(9000)).as_bytes(), b"{}"), reject(&[431])),
+            case(
+                "head_too_large",
+                post(format!("X-Big: {}\r\nContent-Length: 2\r\n", "b".repeat(9000)).as_bytes(), b"{}"),
+                reject(&[431]),
+            ),
             case("too_many_headers", post(format!("{many}Content-Length: 2\r\n").as_bytes(), b"{}"), reject(&[431])),
         ],
     );
@@ -818,7 +880,8 @@ fn expect_continue_is_answered_before_the_body() {
     let mock = MockUpstream::start_plain();
     let proxy = Proxy::start(&mock, base);
     let head = fill_template(
-        &format!("POST {CHAT} HTTP/1.1\r\nHost: p\r\n{AUTH}Expect: 100-continue\r\nContent-Length: 2\r\n\r\n").into_bytes(),
+        &format!("POST {CHAT} HTTP/1.1\r\nHost: p\r\n{AUTH}Expect: 100-continue\r\nContent-Length: 2\r\n\r\n")
+            .into_bytes(),
         &proxy.key,
         "expect-wait",
     );
@@ -877,7 +940,12 @@ fn pipelined_requests_are_answered_in_order() {
         for (i, t) in tags.iter().enumerate() {
             let r = c.response().unwrap_or_else(|e| panic!("pipelining [{mode:?}] response {}: {e}", i + 1));
             assert_eq!(r.status, 200, "pipelining [{mode:?}] response {}: {}", i + 1, r.text());
-            assert_eq!(r.echoed_header("x-case").as_deref(), Some(t.as_str()), "pipelining [{mode:?}]: response {} out of order", i + 1);
+            assert_eq!(
+                r.echoed_header("x-case").as_deref(),
+                Some(t.as_str()),
+                "pipelining [{mode:?}]: response {} out of order",
+                i + 1
+            );
             assert_eq!(r.json().unwrap()["body_len"], i * 7 + 1, "pipelining [{mode:?}] response {}", i + 1);
         }
         let r = c.response().unwrap_or_else(|e| panic!("pipelining [{mode:?}] health: {e}"));
@@ -927,16 +995,29 @@ fn smuggled_request_inside_a_body_stays_body() {
         assert_eq!(r.status, 200, "{name}: {}", r.text());
         assert_eq!(r.json().unwrap()["body_len"], body.len(), "{name}: the body was not forwarded whole");
         let r2 = c.response().unwrap_or_else(|e| panic!("{name} (the client's second request): {e}"));
-        assert_eq!(r2.echoed_header("x-case"), Some(format!("after-{name}")), "{name}: second response is not the second request's");
+        assert_eq!(
+            r2.echoed_header("x-case"),
+            Some(format!("after-{name}")),
+            "{name}: second response is not the second request's"
+        );
         assert_eq!(c.closed_within(Duration::from_millis(300)), Ok(false), "{name}: a third response appeared");
         // Another client, same pooled upstream connection.
         let mut victim = Client::open(proxy.addr);
         victim.send(&echo_request(&key, &format!("victim-{name}"), b"{}")).unwrap();
         let v = victim.response().unwrap_or_else(|e| panic!("{name} (victim): {e}"));
-        assert_eq!(v.echoed_header("x-case"), Some(format!("victim-{name}")), "{name}: the next client got someone else's answer");
+        assert_eq!(
+            v.echoed_header("x-case"),
+            Some(format!("victim-{name}")),
+            "{name}: the next client got someone else's answer"
+        );
         let got = mock.received();
-        let tags: Vec<String> = got[before..].iter().map(|r| r.header_str("x-case").unwrap_or("-").to_string()).collect();
-        assert_eq!(tags, vec![format!("carrier-{name}"), format!("after-{name}"), format!("victim-{name}")], "{name}: upstream requests");
+        let tags: Vec<String> =
+            got[before..].iter().map(|r| r.header_str("x-case").unwrap_or("-").to_string()).collect();
+        assert_eq!(
+            tags,
+            vec![format!("carrier-{name}"), format!("after-{name}"), format!("victim-{name}")],
+            "{name}: upstream requests"
+        );
         assert_eq!(got[before].body, body, "{name}: upstream body");
     }
 }
@@ -954,7 +1035,10 @@ fn desync_payloads_are_refused_and_the_connection_closed() {
     let payloads: Vec<(&str, Vec<u8>)> = vec![
         ("cl_te", post(b"Content-Length: 5\r\nTransfer-Encoding: chunked\r\n", &cat(&[b"0\r\n\r\n", &smuggled]))),
         ("te_cl", post(b"Transfer-Encoding: chunked\r\nContent-Length: 4\r\n", &chunk_of_smuggled)),
-        ("te_te_obfuscated", post(b"Transfer-Encoding: chunked\r\nTransfer-Encoding: cow\r\nContent-Length: 4\r\n", &chunk_of_smuggled)),
+        (
+            "te_te_obfuscated",
+            post(b"Transfer-Encoding: chunked\r\nTransfer-Encoding: cow\r\nContent-Length: 4\r\n", &chunk_of_smuggled),
+        ),
         ("te_space_before_colon", post(b"Transfer-Encoding : chunked\r\nContent-Length: 4\r\n", &chunk_of_smuggled)),
         ("te_obs_fold", post(b"Transfer-Encoding: x\r\n chunked\r\nContent-Length: 4\r\n", &chunk_of_smuggled)),
         ("te_xchunked_with_cl", post(b"Transfer-Encoding: xchunked\r\nContent-Length: 4\r\n", &chunk_of_smuggled)),
@@ -1069,7 +1153,11 @@ fn body_limit_edges() {
 
 /// A chat request whose head is exactly `len` bytes (padded with an X-Pad field).
 fn head_of_len(key: &str, tag: &str, len: usize) -> Vec<u8> {
-    let start = fill_template(format!("POST {CHAT} HTTP/1.1\r\nHost: p\r\n{AUTH}Content-Length: 2\r\nX-Pad: ").as_bytes(), key, tag);
+    let start = fill_template(
+        format!("POST {CHAT} HTTP/1.1\r\nHost: p\r\n{AUTH}Content-Length: 2\r\nX-Pad: ").as_bytes(),
+        key,
+        tag,
+    );
     let pad = len - start.len() - "\r\n\r\n".len();
     cat(&[&start, &vec![b'p'; pad], b"\r\n\r\n{}"])
 }
@@ -1092,12 +1180,20 @@ fn head_and_target_limit_edges() {
             ("head_one_over", head_of_len(&key, &format!("head-over-{mode:?}"), 2049), 431),
             (
                 "target_at_limit",
-                fill_template(&line(&format!("POST {} HTTP/1.1", target(512)), b"Content-Length: 2\r\n", b"{}"), &key, &format!("target-at-{mode:?}")),
+                fill_template(
+                    &line(&format!("POST {} HTTP/1.1", target(512)), b"Content-Length: 2\r\n", b"{}"),
+                    &key,
+                    &format!("target-at-{mode:?}"),
+                ),
                 200,
             ),
             (
                 "target_one_over",
-                fill_template(&line(&format!("POST {} HTTP/1.1", target(513)), b"Content-Length: 2\r\n", b"{}"), &key, &format!("target-over-{mode:?}")),
+                fill_template(
+                    &line(&format!("POST {} HTTP/1.1", target(513)), b"Content-Length: 2\r\n", b"{}"),
+                    &key,
+                    &format!("target-over-{mode:?}"),
+                ),
                 414,
             ),
         ];
@@ -1160,7 +1256,9 @@ fn head_timeout_cuts_a_stalled_half_head() {
     c.send(format!("POST {CHAT} HTTP/1.1\r\nHost: p\r\nContent-Le").as_bytes()).unwrap();
     let (outcome, t) = stalled_outcome(&mut c, started);
     assert!(
-        (outcome == "408" || outcome == "closed") && t >= Duration::from_millis(800) && t <= Duration::from_millis(2500),
+        (outcome == "408" || outcome == "closed")
+            && t >= Duration::from_millis(800)
+            && t <= Duration::from_millis(2500),
         "half head, head_timeout 1s: {outcome} after {t:?}"
     );
 }
@@ -1223,7 +1321,10 @@ fn idle_timeout_closes_keep_alive_connections() {
     let t0 = Instant::now();
     let closed = c.closed_within(Duration::from_secs(4));
     let t = t0.elapsed();
-    assert!(closed == Ok(true) && t <= Duration::from_millis(2500), "silent connection, idle_timeout 1s: closed={closed:?} after {t:?}");
+    assert!(
+        closed == Ok(true) && t <= Duration::from_millis(2500),
+        "silent connection, idle_timeout 1s: closed={closed:?} after {t:?}"
+    );
 }
 
 /// The scripted faults, chosen by the request's `x-fault` field.
@@ -1370,7 +1471,10 @@ fn requests_per_minute_is_enforced() {
         })
         .collect();
     let ok = statuses.iter().filter(|&&s| s == 200).count();
-    assert!(statuses[0] == 200 && statuses.contains(&429), "requests_per_minute 3, 8 calls at once: statuses {statuses:?}");
+    assert!(
+        statuses[0] == 200 && statuses.contains(&429),
+        "requests_per_minute 3, 8 calls at once: statuses {statuses:?}"
+    );
     assert_eq!(mock.received().len(), ok, "requests_per_minute: refused calls reached the upstream");
 }
 
@@ -1385,12 +1489,7 @@ fn max_concurrent_is_enforced() {
     });
     let key = proxy.key.clone();
     let mut held = Client::open(proxy.addr);
-    held.send(&fill_template(
-        &held_stream_request(),
-        &key,
-        "held",
-    ))
-    .unwrap();
+    held.send(&fill_template(&held_stream_request(), &key, "held")).unwrap();
     // Wait for the held stream's head and first event.
     let mut seen = Vec::new();
     while !String::from_utf8_lossy(&seen).contains("data: ") {
@@ -1410,7 +1509,10 @@ fn max_concurrent_is_enforced() {
         "max_concurrent 1, second call while one is in flight: {:?}",
         r.map(|r| r.summary())
     );
-    assert!(!got.iter().any(|r| r.header_str("x-case") == Some("second")), "max_concurrent: the refused call reached the upstream");
+    assert!(
+        !got.iter().any(|r| r.header_str("x-case") == Some("second")),
+        "max_concurrent: the refused call reached the upstream"
+    );
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1447,12 +1549,20 @@ fn upstream_faults_before_the_answer_are_502() {
         let t0 = Instant::now();
         c.send(&raw_req).unwrap();
         match c.response() {
-            Ok(r) if r.status == 502 && r.error_type().as_deref() == Some("upstream_error") && t0.elapsed() < Duration::from_secs(3) => {
+            Ok(r)
+                if r.status == 502
+                    && r.error_type().as_deref() == Some("upstream_error")
+                    && t0.elapsed() < Duration::from_secs(3) =>
+            {
                 if !r.has_header("x-kurral-request-id") {
                     failures.push(format!("  {name}: 502 without x-kurral-request-id"));
                 }
             }
-            Ok(r) => failures.push(format!("  {name}: expected a prompt 502 upstream_error JSON, got {} after {:?}", r.summary(), t0.elapsed())),
+            Ok(r) => failures.push(format!(
+                "  {name}: expected a prompt 502 upstream_error JSON, got {} after {:?}",
+                r.summary(),
+                t0.elapsed()
+            )),
             Err(e) => failures.push(format!("  {name}: {e}")),
         }
     }
@@ -1491,7 +1601,11 @@ fn upstream_cut_after_the_head_is_a_visible_truncation() {
                 return Ok(());
             }
             if r.status != 200 {
-                return Err(format!("expected the relayed 200 head{}, got {}", if may_502 { " or a 502" } else { "" }, r.summary()));
+                return Err(format!(
+                    "expected the relayed 200 head{}, got {}",
+                    if may_502 { " or a 502" } else { "" },
+                    r.summary()
+                ));
             }
             if r.complete {
                 return Err(format!("the client saw a clean end the upstream never sent (body {:?})", r.text()));
@@ -1560,12 +1674,19 @@ fn upstream_slower_than_request_timeout_is_504() {
     let r = c.response().unwrap_or_else(|e| panic!("slow upstream: {e}"));
     let t = t0.elapsed();
     assert!(
-        r.status == 504 && r.error_type().is_some() && t >= Duration::from_millis(800) && t <= Duration::from_millis(2500),
+        r.status == 504
+            && r.error_type().is_some()
+            && t >= Duration::from_millis(800)
+            && t <= Duration::from_millis(2500),
         "slow upstream, request_timeout 1s: {} after {t:?}",
         r.summary()
     );
     let records = records_of(&mut proxy);
-    assert_eq!(records.iter().map(|r| (r.status, r.outcome)).collect::<Vec<_>>(), vec![(504, Outcome::Timeout)], "slow upstream: record");
+    assert_eq!(
+        records.iter().map(|r| (r.status, r.outcome)).collect::<Vec<_>>(),
+        vec![(504, Outcome::Timeout)],
+        "slow upstream: record"
+    );
 }
 
 #[test]
@@ -1573,11 +1694,7 @@ fn client_leaving_mid_stream_is_recorded_client_cancelled() {
     let _g = shared_lock();
     let mock = MockUpstream::start_plain();
     let mut proxy = Proxy::start(&mock, base);
-    let raw = fill_template(
-        &held_stream_request(),
-        &proxy.key,
-        "leaver",
-    );
+    let raw = fill_template(&held_stream_request(), &proxy.key, "leaver");
     let mut c = Client::open(proxy.addr);
     c.send(&raw).unwrap();
     let mut seen = Vec::new();
@@ -1710,7 +1827,12 @@ fn descriptors_return_to_baseline_after_a_thousand_faults() {
     assert!(idle, "fd: upstream-side connections still open 10s after the faults (proxy keeps them?)");
     assert!(now <= baseline + 8, "fd: {baseline} descriptors before 1000 faulted connections, {now} after (6s later)");
     assert!(after.as_ref().is_ok_and(|s| s.starts_with("200")), "fd: the proxy no longer serves: {after:?}");
-    assert!(errors.len() < 10, "fd: {} faulted calls hung or got no answer, e.g. {:?}", errors.len(), &errors[..errors.len().min(5)]);
+    assert!(
+        errors.len() < 10,
+        "fd: {} faulted calls hung or got no answer, e.g. {:?}",
+        errors.len(),
+        &errors[..errors.len().min(5)]
+    );
 }
 
 /// README: on shutdown, calls in flight get the grace period, then the remaining captures are
@@ -1748,7 +1870,11 @@ fn shutdown_returns_when_a_call_outlives_the_grace_period() {
         "outlives-grace: shutdown (grace 1s) with a held stream in flight had not returned after {:?}",
         t0.elapsed()
     );
-    assert_eq!(c.closed_within(Duration::from_secs(1)), Ok(true), "outlives-grace: the client connection is still open");
+    assert_eq!(
+        c.closed_within(Duration::from_secs(1)),
+        Ok(true),
+        "outlives-grace: the client connection is still open"
+    );
     let records = kurral_proxy::capture::store::Store::open(proxy.data_dir()).unwrap().calls().unwrap();
     assert_eq!(records.len(), 1, "outlives-grace: the cut call's record was not written");
 }

@@ -177,7 +177,10 @@ fn gemini_query_key_reaches_upstream_but_no_record() {
 
     let records = proxy.stop_and_records();
     assert_eq!(records.len(), 2);
-    assert_eq!((records[0].endpoint.as_str(), records[0].model.as_deref(), records[0].stream), ("generateContent", Some("gemini-2.0-flash"), false));
+    assert_eq!(
+        (records[0].endpoint.as_str(), records[0].model.as_deref(), records[0].stream),
+        ("generateContent", Some("gemini-2.0-flash"), false)
+    );
     assert_eq!(
         (records[1].endpoint.as_str(), records[1].model.as_deref(), records[1].stream),
         ("streamGenerateContent", Some("gemini-2.5-pro"), true)
@@ -195,7 +198,11 @@ fn assert_no_secret_in_dir(dir: &std::path::Path, secret: &str) {
             assert_no_secret_in_dir(&path, secret);
         } else {
             let bytes = std::fs::read(&path).unwrap();
-            assert!(!bytes.windows(secret.len()).any(|w| w == secret.as_bytes()), "{} holds a provider key", path.display());
+            assert!(
+                !bytes.windows(secret.len()).any(|w| w == secret.as_bytes()),
+                "{} holds a provider key",
+                path.display()
+            );
         }
     }
 }
@@ -248,7 +255,11 @@ fn error_statuses_are_json_and_reach_no_upstream() {
     assert!(mock.received().is_empty());
     let records = proxy.stop_and_records();
     let statuses: Vec<(u16, Outcome)> = records.iter().map(|r| (r.status, r.outcome)).collect();
-    assert_eq!(statuses, vec![(413, Outcome::Rejected), (413, Outcome::Rejected)], "authenticated rejections are recorded");
+    assert_eq!(
+        statuses,
+        vec![(413, Outcome::Rejected), (413, Outcome::Rejected)],
+        "authenticated rejections are recorded"
+    );
 }
 
 #[test]
@@ -366,7 +377,8 @@ fn expect_continue_and_http10_clients() {
     let mut proxy = Proxy::start(&mock, |_| {});
     let fields = proxy.kurral("bot");
     let mut conn = Conn::open(proxy.addr);
-    let mut head = format!("POST {CHAT} HTTP/1.1\r\nHost: p\r\nExpect: 100-continue\r\nContent-Length: {}\r\n", CHAT_BODY.len());
+    let mut head =
+        format!("POST {CHAT} HTTP/1.1\r\nHost: p\r\nExpect: 100-continue\r\nContent-Length: {}\r\n", CHAT_BODY.len());
     for (n, v) in &fields {
         head.push_str(&format!("{n}: {v}\r\n"));
     }
@@ -400,8 +412,11 @@ fn keys_created_or_revoked_while_running_take_effect() {
     let store = kurral_proxy::auth::KeyStore::new(proxy.data_dir());
     let (new_key, new_id) = store.create("bob").unwrap();
     let call = |key: &str| {
-        send(proxy.addr, &request("POST", CHAT, &[("X-Kurral-API-Key", key), ("x-kurral-agent", "bot")], CHAT_BODY.as_bytes()))
-            .status
+        send(
+            proxy.addr,
+            &request("POST", CHAT, &[("X-Kurral-API-Key", key), ("x-kurral-agent", "bot")], CHAT_BODY.as_bytes()),
+        )
+        .status
     };
     let deadline = std::time::Instant::now() + Duration::from_secs(5);
     while call(&new_key) != 200 {
@@ -448,7 +463,8 @@ fn upstream_named_by_host_name_is_resolved_off_the_workers() {
     let mock = MockUpstream::start_plain();
     let by_name = format!("http://localhost:{}", mock.addr().port());
     let mut proxy = Proxy::start(&mock, |c| {
-        c.upstreams[kurral_proxy::provider::Provider::OpenAi.index()] = kurral_proxy::upstream::UpstreamUrl::parse(&by_name).unwrap();
+        c.upstreams[kurral_proxy::provider::Provider::OpenAi.index()] =
+            kurral_proxy::upstream::UpstreamUrl::parse(&by_name).unwrap();
     });
     let fields = proxy.kurral("bot");
     let r = send(proxy.addr, &request("POST", CHAT, &fields, CHAT_BODY.as_bytes()));

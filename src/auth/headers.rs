@@ -120,7 +120,8 @@ mod tests {
 
         let legacy = check(&keys, &format!("X-API-Key: {key}\r\nx-kurral-agent: bot\r\n")).unwrap();
         assert_eq!(&*legacy.user, "alice");
-        let both = check(&keys, &format!("x-api-key: sk-ant-123\r\nX-Kurral-API-Key: {key}\r\nx-kurral-agent: bot\r\n"));
+        let both =
+            check(&keys, &format!("x-api-key: sk-ant-123\r\nX-Kurral-API-Key: {key}\r\nx-kurral-agent: bot\r\n"));
         assert!(both.is_ok(), "an Anthropic x-api-key beside the Kurral key");
 
         let unauthorized = (ErrorKind::Unauthorized, "missing or invalid Kurral API key".to_string());

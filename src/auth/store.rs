@@ -67,7 +67,10 @@ enum KeyEvent {
         #[serde(flatten)]
         limits: KeyLimits,
     },
-    Revoke { id: String, at: String },
+    Revoke {
+        id: String,
+        at: String,
+    },
 }
 
 /// Active keys by hash.
@@ -92,8 +95,7 @@ impl KeyTable {
     /// Takes over the rate and concurrency state of users the previous table knew, so that a
     /// reload neither resets a user's limits nor forgets calls in flight.
     pub fn adopt_states(&mut self, previous: &KeyTable) {
-        let old: HashMap<&str, &Arc<UserState>> =
-            previous.by_hash.values().map(|k| (&*k.user, &k.state)).collect();
+        let old: HashMap<&str, &Arc<UserState>> = previous.by_hash.values().map(|k| (&*k.user, &k.state)).collect();
         for info in self.by_hash.values_mut() {
             if let Some(state) = old.get(&*info.user) {
                 info.state = Arc::clone(state);
@@ -221,7 +223,10 @@ impl KeyStore {
 }
 
 /// Loads the table and starts a thread that reloads it when the key file changes, until `stop`.
-pub fn watch_keys(store: KeyStore, stop: Arc<AtomicBool>) -> std::io::Result<(SharedKeys, std::thread::JoinHandle<()>)> {
+pub fn watch_keys(
+    store: KeyStore,
+    stop: Arc<AtomicBool>,
+) -> std::io::Result<(SharedKeys, std::thread::JoinHandle<()>)> {
     let mut seen = store.version();
     let shared: SharedKeys = Arc::new(ArcSwap::from_pointee(store.load()?));
     let table = shared.clone();
@@ -299,7 +304,12 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = KeyStore::new(dir.path());
         let (a, _) = store.create("a").unwrap();
-        std::fs::OpenOptions::new().append(true).open(dir.path().join(KEY_FILE)).unwrap().write_all(b"{\"op\":\"cre").unwrap();
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(dir.path().join(KEY_FILE))
+            .unwrap()
+            .write_all(b"{\"op\":\"cre")
+            .unwrap();
         let table = store.load().unwrap();
         assert!(table.lookup(a.as_bytes()).is_some());
     }

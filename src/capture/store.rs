@@ -40,7 +40,8 @@ impl Store {
         opts.set_compression_type(rocksdb::DBCompressionType::Lz4);
         let cfs = vec![ColumnFamilyDescriptor::new(CF_CALLS, Options::default())];
         let path = store_path(data_dir);
-        let db = DB::open_cf_descriptors(&opts, &path, cfs).map_err(|e| format!("capture store {}: {e}", path.display()))?;
+        let db =
+            DB::open_cf_descriptors(&opts, &path, cfs).map_err(|e| format!("capture store {}: {e}", path.display()))?;
         Ok(Store { db, read_only: false })
     }
 

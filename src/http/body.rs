@@ -26,10 +26,14 @@ impl std::fmt::Display for BodyError {
 impl std::error::Error for BodyError {}
 
 pub enum BodyDecoder {
-    Length { remaining: u64 },
+    Length {
+        remaining: u64,
+    },
     Chunked(ChunkedDecoder),
     /// Runs to end of stream; `finish_at_eof` marks it complete.
-    Close { done: bool },
+    Close {
+        done: bool,
+    },
 }
 
 impl BodyDecoder {

@@ -143,10 +143,7 @@ impl ResponseHead {
 }
 
 fn find_header<'a>(headers: &[HeaderSpan], buf: &'a [u8], name: &str) -> Option<&'a [u8]> {
-    headers
-        .iter()
-        .find(|h| h.name.get(buf).eq_ignore_ascii_case(name.as_bytes()))
-        .map(|h| h.value.get(buf))
+    headers.iter().find(|h| h.name.get(buf).eq_ignore_ascii_case(name.as_bytes())).map(|h| h.value.get(buf))
 }
 
 /// Parses a request head at the start of `buf`. `Ok(None)`: not complete yet, read more.
@@ -272,7 +269,10 @@ pub fn parse_response_head(
 }
 
 fn spans(buf: &[u8], fields: &[httparse::Header<'_>]) -> Vec<HeaderSpan> {
-    fields.iter().map(|h| HeaderSpan { name: Span::of(buf, h.name.as_bytes()), value: Span::of(buf, h.value) }).collect()
+    fields
+        .iter()
+        .map(|h| HeaderSpan { name: Span::of(buf, h.name.as_bytes()), value: Span::of(buf, h.value) })
+        .collect()
 }
 
 /// What the framing-relevant fields of a head say, after the strict checks.
@@ -286,7 +286,8 @@ struct FieldSummary {
 
 impl FieldSummary {
     fn of(headers: &[HeaderSpan], buf: &[u8]) -> Result<FieldSummary, HeadError> {
-        let mut s = FieldSummary { content_length: None, chunked: false, hosts: 0, conn_close: false, conn_keep_alive: false };
+        let mut s =
+            FieldSummary { content_length: None, chunked: false, hosts: 0, conn_close: false, conn_keep_alive: false };
         let mut te_seen = false;
         for h in headers {
             let name = h.name.get(buf);

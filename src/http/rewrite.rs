@@ -167,7 +167,8 @@ mod tests {
 
     #[test]
     fn legacy_kurral_key_in_x_api_key_is_removed() {
-        let out = rewrite("POST / HTTP/1.1\r\nHost: a\r\nX-API-Key: kr_live_abc\r\nAuthorization: Bearer sk-ant\r\n\r\n");
+        let out =
+            rewrite("POST / HTTP/1.1\r\nHost: a\r\nX-API-Key: kr_live_abc\r\nAuthorization: Bearer sk-ant\r\n\r\n");
         assert!(!out.contains("kr_live"), "{out}");
         assert!(out.contains("Authorization: Bearer sk-ant\r\n"));
     }

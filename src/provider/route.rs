@@ -96,7 +96,10 @@ fn split_query(target: &[u8]) -> (&[u8], &[u8]) {
 fn has_dot_segment(path: &[u8]) -> bool {
     path.split(|&b| b == b'/').any(|seg| {
         let lower = seg.to_ascii_lowercase();
-        lower == b".." || lower == b"." || lower.windows(3).any(|w| w == b"%2e") || lower.windows(3).any(|w| w == b"%2f")
+        lower == b".."
+            || lower == b"."
+            || lower.windows(3).any(|w| w == b"%2e")
+            || lower.windows(3).any(|w| w == b"%2f")
     })
 }
 
@@ -119,7 +122,13 @@ mod tests {
     #[test]
     fn the_documented_routes() {
         let cases = [
-            ("/api/proxy/openai/v1/chat/completions", Provider::OpenAi, Endpoint::ChatCompletions, "/v1/chat/completions", None),
+            (
+                "/api/proxy/openai/v1/chat/completions",
+                Provider::OpenAi,
+                Endpoint::ChatCompletions,
+                "/v1/chat/completions",
+                None,
+            ),
             ("/api/proxy/openai/v1/responses", Provider::OpenAi, Endpoint::Responses, "/v1/responses", None),
             ("/api/proxy/anthropic/v1/messages", Provider::Anthropic, Endpoint::Messages, "/v1/messages", None),
             (
@@ -144,7 +153,13 @@ mod tests {
                 Some("gemini-2.5-flash"),
             ),
             ("/api/proxy/openai/v1/embeddings", Provider::OpenAi, Endpoint::Other, "/v1/embeddings", None),
-            ("/api/proxy/anthropic/v1/messages/count_tokens", Provider::Anthropic, Endpoint::Other, "/v1/messages/count_tokens", None),
+            (
+                "/api/proxy/anthropic/v1/messages/count_tokens",
+                Provider::Anthropic,
+                Endpoint::Other,
+                "/v1/messages/count_tokens",
+                None,
+            ),
         ];
         for (target, provider, endpoint, upstream, model) in cases {
             let got = proxied("POST", target);

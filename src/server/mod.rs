@@ -2,9 +2,11 @@
 //!
 //! - `runtime`: listeners (SO_REUSEPORT, one per worker), worker threads and driver choice.
 //! - `worker`: one worker's accept loop and draining at shutdown.
-//! - `conn`: the life of a client connection, phase by phase.
+//! - `conn`: the life of a client connection: heads, routing, local answers, keep-alive.
+//! - `call`: one proxied call, phase by phase, and the record it leaves.
 //! - `client`: the client socket and its read buffer.
 
+pub mod call;
 pub mod client;
 pub mod conn;
 pub mod runtime;
@@ -108,7 +110,11 @@ pub fn start(config: Config) -> Result<ServerHandle, String> {
     launch(config, listeners, store)
 }
 
-fn launch(config: Config, listeners: Vec<std::net::TcpListener>, sink: impl RecordSink) -> Result<ServerHandle, String> {
+fn launch(
+    config: Config,
+    listeners: Vec<std::net::TcpListener>,
+    sink: impl RecordSink,
+) -> Result<ServerHandle, String> {
     // Everything that can fail on bad settings runs before any thread starts.
     let driver = runtime::choose_driver(config.driver)?;
     let tls = crate::upstream::tls_client_config(config.upstream_ca.as_deref())?;

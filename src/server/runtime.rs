@@ -47,7 +47,8 @@ pub fn bind_listeners(addr: SocketAddr, count: usize) -> Result<Vec<std::net::Tc
     let mut out = Vec::with_capacity(count);
     let mut addr = addr;
     for _ in 0..count {
-        let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP)).map_err(|e| e.to_string())?;
+        let socket =
+            Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP)).map_err(|e| e.to_string())?;
         socket.set_reuse_address(true).map_err(|e| e.to_string())?;
         socket.set_reuse_port(true).map_err(|e| e.to_string())?;
         socket.set_nonblocking(true).map_err(|e| e.to_string())?;
@@ -60,7 +61,11 @@ pub fn bind_listeners(addr: SocketAddr, count: usize) -> Result<Vec<std::net::Tc
     Ok(out)
 }
 
-pub fn spawn_workers(driver: Driver, listeners: Vec<std::net::TcpListener>, shared: &Arc<Shared>) -> Result<Vec<JoinHandle<()>>, String> {
+pub fn spawn_workers(
+    driver: Driver,
+    listeners: Vec<std::net::TcpListener>,
+    shared: &Arc<Shared>,
+) -> Result<Vec<JoinHandle<()>>, String> {
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let pin = listeners.len() <= cores;
     let mut handles = Vec::with_capacity(listeners.len());
@@ -84,7 +89,10 @@ pub fn spawn_workers(driver: Driver, listeners: Vec<std::net::TcpListener>, shar
 fn run_on_driver<F: std::future::Future<Output = ()>>(driver: Driver, fut: F) {
     match driver {
         Driver::IoUring => {
-            let rt = monoio::RuntimeBuilder::<monoio::IoUringDriver>::new().with_entries(URING_ENTRIES).enable_timer().build();
+            let rt = monoio::RuntimeBuilder::<monoio::IoUringDriver>::new()
+                .with_entries(URING_ENTRIES)
+                .enable_timer()
+                .build();
             match rt {
                 Ok(mut rt) => rt.block_on(fut),
                 Err(e) => tracing::error!("io_uring runtime failed to start: {e}"),

@@ -80,7 +80,12 @@ impl Connector {
     }
 
     /// Connects to upstream `index` (a `Provider::index()`) at `url`.
-    pub async fn connect(&self, index: usize, url: &UpstreamUrl, timeout: Duration) -> Result<UpstreamStream, ConnectError> {
+    pub async fn connect(
+        &self,
+        index: usize,
+        url: &UpstreamUrl,
+        timeout: Duration,
+    ) -> Result<UpstreamStream, ConnectError> {
         match monoio::time::timeout(timeout, self.connect_inner(index, url)).await {
             Ok(r) => r,
             Err(_) => Err(ConnectError::Timeout),

@@ -78,7 +78,8 @@ mod tests {
 
     #[test]
     fn literals_are_known_at_once_and_names_resolve() {
-        let urls = [UpstreamUrl::parse("http://127.0.0.1:9").unwrap(), UpstreamUrl::parse("http://localhost:10").unwrap()];
+        let urls =
+            [UpstreamUrl::parse("http://127.0.0.1:9").unwrap(), UpstreamUrl::parse("http://localhost:10").unwrap()];
         let stop = Arc::new(AtomicBool::new(false));
         let (r, handle) = start_resolver(&urls, stop.clone()).unwrap();
         assert_eq!(*r.addrs(0), vec!["127.0.0.1:9".parse::<SocketAddr>().unwrap()]);

@@ -35,7 +35,8 @@ impl UpstreamUrl {
         if host.is_empty() {
             return Err(format!("upstream URL has no host: {url}"));
         }
-        let authority = if port == default_port { host_for_header(&host) } else { format!("{}:{port}", host_for_header(&host)) };
+        let authority =
+            if port == default_port { host_for_header(&host) } else { format!("{}:{port}", host_for_header(&host)) };
         Ok(UpstreamUrl { tls, host, port, base_path: path.trim_end_matches('/').to_string(), authority })
     }
 }
@@ -77,9 +78,15 @@ mod tests {
     #[test]
     fn parses_the_forms_users_give() {
         let u = UpstreamUrl::parse("https://api.openai.com").unwrap();
-        assert_eq!((u.tls, u.host.as_str(), u.port, u.base_path.as_str(), u.authority.as_str()), (true, "api.openai.com", 443, "", "api.openai.com"));
+        assert_eq!(
+            (u.tls, u.host.as_str(), u.port, u.base_path.as_str(), u.authority.as_str()),
+            (true, "api.openai.com", 443, "", "api.openai.com")
+        );
         let u = UpstreamUrl::parse("http://127.0.0.1:9000/prefix/").unwrap();
-        assert_eq!((u.tls, u.host.as_str(), u.port, u.base_path.as_str(), u.authority.as_str()), (false, "127.0.0.1", 9000, "/prefix", "127.0.0.1:9000"));
+        assert_eq!(
+            (u.tls, u.host.as_str(), u.port, u.base_path.as_str(), u.authority.as_str()),
+            (false, "127.0.0.1", 9000, "/prefix", "127.0.0.1:9000")
+        );
         let u = UpstreamUrl::parse("http://[::1]:81").unwrap();
         assert_eq!((u.host.as_str(), u.port, u.authority.as_str()), ("::1", 81, "[::1]:81"));
         assert_eq!(u.to_string(), "http://[::1]:81");

@@ -1,0 +1,589 @@
+//! One proxied call, phase by phase:
+//!
+//! ```text
+//! plan_call (authenticate, validate, rewrite head) ─▶ admit (rate, concurrency)
+//!   ─▶ forward_request (pooled upstream; head + body relayed as they arrive)
+//!   ─▶ read_response_head ─▶ relay_response_body (written to the client first, inspected after)
+//!   ─▶ finish_capture (one record per call, to the writer thread)
+//! ```
+//!
+//! Every way a call can end is a `CallFailure` or a completed exchange; `run_call` turns each
+//! into what the client receives and the one record the call leaves.
+
+use std::time::{Duration, Instant, SystemTime};
+
+use monoio::buf::{IoBuf, IoBufMut};
+
+use super::client::{ClientConn, READ_BUF};
+use super::conn::Next;
+use super::worker::{ConnStop, Worker};
+use crate::auth::{identify, CallIdentity, LimitValues, Permit};
+use crate::capture::{CallRecord, Outcome};
+use crate::error::{ErrorKind, ProxyError, Side};
+use crate::http::body::BodyDecoder;
+use crate::http::head::{parse_response_head, Framing, RequestHead, ResponseHead};
+use crate::http::rewrite::{downstream_response_head, local_response, upstream_request_head, ResponseAdditions};
+use crate::inspect::inspect_request;
+use crate::provider::{Endpoint, Provider};
+use crate::upstream::UpstreamStream;
+
+/// Largest upstream response head accepted; providers send about 1 KiB.
+const MAX_RESPONSE_HEAD: usize = 64 * 1024;
+/// Size of each read from an upstream while relaying a response.
+const UPSTREAM_READ: usize = 16 * 1024;
+/// A request is kept (head and body as sent) for one resend on a fresh connection when a pooled
+/// connection turns out to be dead, up to this size. Bigger requests are not retried.
+const REPLAY_MAX: usize = 256 * 1024;
+/// Status recorded when the client went away before any response was sent (nginx's convention).
+const STATUS_CLIENT_CLOSED: u16 = 499;
+
+/// Runs an admitted or refused call to its end and records it; says what becomes of the
+/// connection.
+pub(super) async fn run_call(
+    w: &Worker,
+    client: &mut ClientConn,
+    plan: &CallPlan,
+    started: Instant,
+    started_at: SystemTime,
+    stop: &ConnStop,
+) -> Next {
+    let mut call = CallState::new(started, started_at, plan);
+    tracing::debug!(worker = w.id, id = %call.id, provider = plan.provider.name(), "call start");
+    let result = match admit(w, plan) {
+        // The permit holds the user's concurrency slot until the call is over.
+        Ok(_permit) => {
+            let ran = monoio::select! {
+                r = proxy_call(w, client, plan, &mut call) => Some(r),
+                _ = stop.stopped() => None,
+            };
+            // None: the shutdown grace period ran out with the call still going.
+            ran.unwrap_or_else(|| {
+                Err(if call.status == 0 {
+                    CallFailure::Respond(ProxyError::new(ErrorKind::Unavailable, "the proxy is shutting down"))
+                } else {
+                    CallFailure::Truncated(Outcome::Timeout, "the proxy shut down before the call finished")
+                })
+            })
+        }
+        Err(e) => Err(CallFailure::Respond(e)),
+    };
+    let next = match result {
+        Ok(true) => Next::KeepAlive,
+        Ok(false) => Next::Close,
+        Err(CallFailure::Respond(e)) => {
+            call.fail_before_response(&e);
+            let mut fields = vec![
+                ("x-kurral-session-id", plan.identity.session_id.as_str()),
+                ("x-kurral-request-id", call.id.as_str()),
+            ];
+            fields.extend(e.headers.iter().map(|(n, v)| (*n, v.as_str())));
+            let resp = local_response(e.status(), &fields, &e.json_body(), true);
+            match client.write_all(resp, w.shared.config.limits.client_write_timeout).await {
+                Ok(_) => Next::Linger,
+                Err(_) => Next::Close,
+            }
+        }
+        Err(CallFailure::ClientGone(why)) => {
+            call.outcome = Outcome::ClientCancelled;
+            call.error = Some(why.into());
+            if call.status == 0 {
+                call.status = STATUS_CLIENT_CLOSED;
+            }
+            Next::Close
+        }
+        Err(CallFailure::Truncated(outcome, why)) => {
+            call.outcome = outcome;
+            call.error = Some(why.into());
+            Next::Close
+        }
+    };
+    tracing::debug!(worker = w.id, id = %call.id, status = call.status, outcome = ?call.outcome, "call end");
+    finish_capture(w, plan, call).await;
+    next
+}
+
+/// The per-user rate and concurrency limits, shared by all workers: the key's own where set, the
+/// server's defaults otherwise.
+fn admit(w: &Worker, plan: &CallPlan) -> Result<Permit, ProxyError> {
+    let defaults = &w.shared.config.limits;
+    let own = plan.identity.key_limits;
+    let limits = LimitValues {
+        requests_per_minute: own.requests_per_minute.unwrap_or(defaults.requests_per_minute),
+        max_concurrent: own.max_concurrent.unwrap_or(defaults.max_concurrent),
+    };
+    plan.identity.user_state.admit(limits).map_err(|r| ProxyError::rate_limited(&r))
+}
+
+/// Everything the call needs from the request head, taken before the head's bytes are consumed.
+pub(super) struct CallPlan {
+    provider: Provider,
+    endpoint: Endpoint,
+    path_model: Option<String>,
+    identity: CallIdentity,
+    upstream_head: Vec<u8>,
+    framing: Framing,
+    expect_continue: bool,
+    client_keep_alive: bool,
+    client_http10: bool,
+    head_request: bool,
+}
+
+pub(super) fn plan_call(
+    w: &Worker,
+    data: &[u8],
+    head: &RequestHead,
+    provider: Provider,
+    endpoint: Endpoint,
+    upstream_target: &[u8],
+    path_model: Option<&[u8]>,
+) -> Result<CallPlan, ProxyError> {
+    let identity = identify(data, head, &w.shared.keys.load())?;
+    let config = &w.shared.config;
+    let url = config.upstream(provider);
+    let mut target = Vec::with_capacity(url.base_path.len() + upstream_target.len());
+    target.extend_from_slice(url.base_path.as_bytes());
+    target.extend_from_slice(upstream_target);
+    Ok(CallPlan {
+        provider,
+        endpoint,
+        path_model: path_model.map(|m| String::from_utf8_lossy(m).into_owned()),
+        identity,
+        upstream_head: upstream_request_head(data, head, &target, &url.authority),
+        framing: head.framing,
+        expect_continue: head.expect_continue,
+        client_keep_alive: head.keep_alive,
+        client_http10: head.minor_version == 0,
+        head_request: head.method(data) == b"HEAD",
+    })
+}
+
+fn body_too_large(limit: u64) -> ProxyError {
+    ProxyError::new(ErrorKind::PayloadTooLarge, format!("request body exceeds {limit} bytes"))
+}
+
+/// What the capture record needs, filled in as the call progresses.
+struct CallState {
+    id: String,
+    started: Instant,
+    started_at: SystemTime,
+    model: Option<String>,
+    stream: bool,
+    status: u16,
+    upstream_status: Option<u16>,
+    outcome: Outcome,
+    error: Option<String>,
+    ttfb: Option<Duration>,
+    first_body_write: Option<Duration>,
+    request_bytes: u64,
+    response_bytes: u64,
+}
+
+impl CallState {
+    fn new(started: Instant, started_at: SystemTime, plan: &CallPlan) -> CallState {
+        CallState {
+            id: uuid::Uuid::now_v7().to_string(),
+            started,
+            started_at,
+            model: plan.path_model.clone(),
+            stream: plan.endpoint.streams_by_path(),
+            status: 0,
+            upstream_status: None,
+            outcome: Outcome::Ok,
+            error: None,
+            ttfb: None,
+            first_body_write: None,
+            request_bytes: 0,
+            response_bytes: 0,
+        }
+    }
+
+    fn fail_before_response(&mut self, e: &ProxyError) {
+        self.status = e.status();
+        self.outcome = match (e.kind.side(), e.kind) {
+            (_, ErrorKind::GatewayTimeout | ErrorKind::RequestTimeout | ErrorKind::Unavailable) => Outcome::Timeout,
+            (Side::Downstream, _) => Outcome::Rejected,
+            (Side::Upstream | Side::Internal, _) => Outcome::UpstreamError,
+        };
+        self.error = Some(e.message.to_string());
+    }
+}
+
+/// How a call ended early.
+enum CallFailure {
+    /// Nothing was sent to the client yet: answer with this error, then close.
+    Respond(ProxyError),
+    /// The client closed, reset or stopped reading.
+    ClientGone(&'static str),
+    /// The response was cut after its head was sent; the close tells the client it is incomplete.
+    Truncated(Outcome, &'static str),
+}
+
+/// Forwards the request and relays the response. Ok(keep_alive) when the exchange completed.
+async fn proxy_call(
+    w: &Worker,
+    client: &mut ClientConn,
+    plan: &CallPlan,
+    call: &mut CallState,
+) -> Result<bool, CallFailure> {
+    let deadline = call.started + w.shared.config.limits.request_timeout;
+    // Refused from the head, before one byte of the body is read or the upstream is contacted.
+    let max_body = w.shared.config.limits.max_body_bytes;
+    if matches!(plan.framing, Framing::Length(n) if n > max_body) {
+        return Err(CallFailure::Respond(body_too_large(max_body)));
+    }
+    let (mut upstream, reused) = checkout(w, plan.provider, deadline).await?;
+    tracing::debug!(id = %call.id, reused, "upstream ready");
+    if plan.expect_continue {
+        client
+            .write_all(&b"HTTP/1.1 100 Continue\r\n\r\n"[..], w.shared.config.limits.client_write_timeout)
+            .await
+            .map_err(|_| CallFailure::ClientGone("client closed before sending its body"))?;
+    }
+    let sent = forward_request(w, client, plan, call, &mut upstream, deadline).await;
+    tracing::debug!(id = %call.id, "request sent");
+    let replay = match sent {
+        Ok(replay) => replay,
+        Err(ForwardError::Upstream(replay)) if reused && replay.is_some() => replay,
+        Err(ForwardError::Upstream(_)) => {
+            return Err(CallFailure::Respond(ProxyError::bad_gateway("upstream connection failed")))
+        }
+        Err(ForwardError::Call(f)) => return Err(f),
+    };
+    // The upstream must start answering within the first-byte timeout, and within the call's.
+    let head_deadline = deadline.min(Instant::now() + w.shared.config.limits.first_byte_timeout);
+    let (mut upstream, resp, buf) = match read_response_head(&mut upstream, plan.head_request, head_deadline).await {
+        Ok((resp, buf)) => (upstream, resp, buf),
+        // A pooled connection the upstream had already closed: send the request once more on a
+        // fresh connection. Only when nothing came back, so the upstream cannot have acted on it.
+        Err(HeadFailure::ClosedEmpty) if reused && replay.is_some() => {
+            let replay = replay.expect("checked");
+            let mut fresh = connect(w, plan.provider, deadline).await?;
+            if let (Err(_), _) = fresh.write_all(replay).await {
+                return Err(CallFailure::Respond(ProxyError::bad_gateway("upstream connection failed")));
+            }
+            let (resp, buf) = read_response_head(&mut fresh, plan.head_request, head_deadline)
+                .await
+                .map_err(HeadFailure::into_failure)?;
+            (fresh, resp, buf)
+        }
+        Err(e) => return Err(e.into_failure()),
+    };
+    call.ttfb = Some(call.started.elapsed());
+    tracing::debug!(id = %call.id, status = resp.status, "response head");
+    call.upstream_status = Some(resp.status);
+    call.status = resp.status;
+    if resp.header(&buf, "content-type").is_some_and(|v| v.starts_with(b"text/event-stream")) {
+        call.stream = true;
+    }
+    let relayed = relay_response_body(w, client, plan, call, &mut upstream, resp, buf, deadline).await?;
+    if relayed.upstream_reusable {
+        w.pool.put(plan.provider, upstream);
+    }
+    call.outcome = if call.status < 400 { Outcome::Ok } else { Outcome::UpstreamError };
+    Ok(relayed.client_keep_alive)
+}
+
+async fn checkout(w: &Worker, provider: Provider, deadline: Instant) -> Result<(UpstreamStream, bool), CallFailure> {
+    match w.pool.take(provider) {
+        Some(s) => Ok((s, true)),
+        None => Ok((connect(w, provider, deadline).await?, false)),
+    }
+}
+
+async fn connect(w: &Worker, provider: Provider, deadline: Instant) -> Result<UpstreamStream, CallFailure> {
+    let limit = w.shared.config.limits.connect_timeout.min(deadline.saturating_duration_since(Instant::now()));
+    let url = w.shared.config.upstream(provider);
+    w.connector.connect(provider.index(), url, limit).await.map_err(|e| {
+        tracing::warn!(provider = provider.name(), upstream = %url, "upstream connect failed: {e}");
+        match e {
+            crate::upstream::connector::ConnectError::Timeout => CallFailure::Respond(ProxyError::gateway_timeout()),
+            _ => CallFailure::Respond(ProxyError::bad_gateway("upstream unreachable")),
+        }
+    })
+}
+
+enum ForwardError {
+    /// Writing to the upstream failed; carries the request as sent so far when it is complete
+    /// and small enough to resend.
+    Upstream(Option<Vec<u8>>),
+    Call(CallFailure),
+}
+
+/// Sends the rewritten head, then the body as it arrives from the client, raw bytes relayed as
+/// received (chunked framing included). The body is copied aside for inspection; the model and
+/// stream flag are read from that copy once the body has gone upstream.
+async fn forward_request(
+    w: &Worker,
+    client: &mut ClientConn,
+    plan: &CallPlan,
+    call: &mut CallState,
+    upstream: &mut UpstreamStream,
+    deadline: Instant,
+) -> Result<Option<Vec<u8>>, ForwardError> {
+    let max_body = w.shared.config.limits.max_body_bytes;
+    let mut decoder = BodyDecoder::new(plan.framing, max_body);
+    let mut body = Vec::new();
+    let mut out = plan.upstream_head.clone();
+    let n = decode_request_body(&mut decoder, client.data(), &mut body, max_body)?;
+    out.extend_from_slice(&client.data()[..n]);
+    client.consume(n);
+    let mut replay = (out.len() <= REPLAY_MAX).then(|| out.clone());
+    if let (Err(_), _) = upstream.write_all(out).await {
+        return Err(ForwardError::Upstream(replay.filter(|_| decoder.is_done())));
+    }
+    while !decoder.is_done() {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match client.fill_within(READ_BUF, left).await {
+            Ok(0) => return Err(ForwardError::Call(CallFailure::ClientGone("client closed during the request body"))),
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {
+                return Err(ForwardError::Call(CallFailure::Respond(ProxyError::new(
+                    ErrorKind::RequestTimeout,
+                    "request body not received in time",
+                ))))
+            }
+            Err(_) => return Err(ForwardError::Call(CallFailure::ClientGone("client connection failed"))),
+        }
+        let n = decode_request_body(&mut decoder, client.data(), &mut body, max_body)?;
+        if let Some(r) = replay.as_mut() {
+            if r.len() + n <= REPLAY_MAX {
+                r.extend_from_slice(&client.data()[..n]);
+            } else {
+                replay = None;
+            }
+        }
+        // Relay straight from the read buffer: lend it to the write and take it back.
+        let (buf, start) = client.take_buf();
+        let (res, slice) = upstream.write_all(buf.slice(start..start + n)).await;
+        client.restore_buf(slice.into_inner());
+        client.consume(n);
+        if res.is_err() {
+            return Err(ForwardError::Upstream(replay.filter(|_| decoder.is_done())));
+        }
+    }
+    call.request_bytes = body.len() as u64;
+    let info = inspect_request(&mut body);
+    if call.model.is_none() {
+        call.model = info.model;
+    }
+    call.stream |= info.stream;
+    Ok(replay)
+}
+
+fn decode_request_body(
+    decoder: &mut BodyDecoder,
+    input: &[u8],
+    body: &mut Vec<u8>,
+    max_body: u64,
+) -> Result<usize, ForwardError> {
+    decoder.decode(input, &mut |d| body.extend_from_slice(d)).map_err(|e| {
+        let err = match e {
+            crate::http::body::BodyError::Chunked(crate::http::chunked::ChunkedError::BodyTooLarge) => {
+                body_too_large(max_body)
+            }
+            other => ProxyError::bad_request(format!("invalid request body: {other}")),
+        };
+        ForwardError::Call(CallFailure::Respond(err))
+    })
+}
+
+enum HeadFailure {
+    /// The upstream closed or reset without sending a byte.
+    ClosedEmpty,
+    Timeout,
+    Malformed(&'static str),
+}
+
+impl HeadFailure {
+    fn into_failure(self) -> CallFailure {
+        CallFailure::Respond(match self {
+            HeadFailure::ClosedEmpty => ProxyError::bad_gateway("upstream closed the connection without answering"),
+            HeadFailure::Timeout => ProxyError::gateway_timeout(),
+            HeadFailure::Malformed(why) => ProxyError::bad_gateway(format!("invalid response from upstream: {why}")),
+        })
+    }
+}
+
+/// Reads the upstream's response head, skipping interim 1xx responses. Returns the head and the
+/// buffer it was parsed from (which may hold the first body bytes after `head.len`).
+async fn read_response_head(
+    upstream: &mut UpstreamStream,
+    head_request: bool,
+    deadline: Instant,
+) -> Result<(ResponseHead, Vec<u8>), HeadFailure> {
+    let mut buf = Vec::with_capacity(UPSTREAM_READ);
+    let mut received_any = false;
+    loop {
+        if !buf.is_empty() {
+            match parse_response_head(&buf, MAX_RESPONSE_HEAD, head_request) {
+                Ok(Some(h)) if h.status == 101 => return Err(HeadFailure::Malformed("protocol upgrade")),
+                Ok(Some(h)) if (100..200).contains(&h.status) => {
+                    buf.drain(..h.len);
+                    continue;
+                }
+                Ok(Some(h)) => return Ok((h, buf)),
+                Ok(None) => {}
+                Err(e) => return Err(HeadFailure::Malformed(e.message())),
+            }
+        }
+        if buf.len() == buf.capacity() {
+            buf.reserve(UPSTREAM_READ);
+        }
+        let len = buf.len();
+        let left = deadline.saturating_duration_since(Instant::now());
+        let (res, slice) = match monoio::time::timeout(left, upstream.read(buf.slice_mut(len..))).await {
+            Ok(r) => r,
+            Err(_) => return Err(HeadFailure::Timeout),
+        };
+        buf = slice.into_inner();
+        match res {
+            Ok(0) | Err(_) if !received_any => return Err(HeadFailure::ClosedEmpty),
+            Ok(0) | Err(_) => return Err(HeadFailure::Malformed("connection closed inside the head")),
+            Ok(_) => received_any = true,
+        }
+    }
+}
+
+struct Relayed {
+    client_keep_alive: bool,
+    upstream_reusable: bool,
+}
+
+/// Writes the response head and then each piece of body to the client as it arrives. A piece is
+/// written before anything else is done with it; the upstream is read again only once the client
+/// has taken the previous piece, so a slow client slows the upstream instead of growing memory.
+#[allow(clippy::too_many_arguments)]
+async fn relay_response_body(
+    w: &Worker,
+    client: &mut ClientConn,
+    plan: &CallPlan,
+    call: &mut CallState,
+    upstream: &mut UpstreamStream,
+    resp: ResponseHead,
+    mut buf: Vec<u8>,
+    deadline: Instant,
+) -> Result<Relayed, CallFailure> {
+    let write_timeout = w.shared.config.limits.client_write_timeout;
+    // An HTTP/1.0 client cannot read chunked framing: it gets the decoded body, ended by close.
+    let dechunk = plan.client_http10 && resp.framing == Framing::Chunked;
+    let client_keep_alive = plan.client_keep_alive && !dechunk && resp.framing != Framing::Close && !w.shutting_down();
+    let add = ResponseAdditions {
+        session_id: &plan.identity.session_id,
+        request_id: &call.id,
+        close: !client_keep_alive,
+        dechunk,
+    };
+    let mut out = downstream_response_head(&buf, &resp, &add);
+    buf.drain(..resp.len);
+    let mut decoder = BodyDecoder::new(resp.framing, u64::MAX);
+    let mut overrun = false;
+
+    // The first body bytes go out with the head, in one write.
+    let mut body_bytes = 0u64;
+    let n = decoder
+        .decode(&buf, &mut |d| {
+            body_bytes += d.len() as u64;
+            if dechunk {
+                out.extend_from_slice(d);
+            }
+        })
+        .map_err(|_| CallFailure::Respond(ProxyError::bad_gateway("invalid response body framing from upstream")))?;
+    if !dechunk {
+        out.extend_from_slice(&buf[..n]);
+    }
+    overrun |= n < buf.len();
+    client
+        .write_all(out, write_timeout)
+        .await
+        .map_err(|_| CallFailure::ClientGone("client closed during the response"))?;
+    if body_bytes > 0 {
+        call.first_body_write = Some(call.started.elapsed());
+    }
+    call.response_bytes = body_bytes;
+
+    let mut dechunked = Vec::new();
+    while !decoder.is_done() {
+        buf.clear();
+        let left = deadline.saturating_duration_since(Instant::now());
+        let (res, b) = match monoio::time::timeout(left, upstream.read(buf)).await {
+            Ok(r) => r,
+            Err(_) => {
+                return Err(CallFailure::Truncated(Outcome::Timeout, "upstream response exceeded the request timeout"))
+            }
+        };
+        buf = b;
+        match res {
+            Ok(0) => {
+                decoder.finish_at_eof().map_err(|_| {
+                    CallFailure::Truncated(Outcome::UpstreamError, "upstream closed before the response was complete")
+                })?;
+                break;
+            }
+            Ok(_) => {}
+            Err(_) => {
+                return Err(CallFailure::Truncated(Outcome::UpstreamError, "upstream connection failed mid-response"))
+            }
+        }
+        let mut piece = 0u64;
+        let n = decoder
+            .decode(&buf, &mut |d| {
+                piece += d.len() as u64;
+                if dechunk {
+                    dechunked.extend_from_slice(d);
+                }
+            })
+            .map_err(|_| {
+                CallFailure::Truncated(Outcome::UpstreamError, "invalid response body framing from upstream")
+            })?;
+        overrun |= n < buf.len();
+        let written = if dechunk {
+            let d = client.write_all(std::mem::take(&mut dechunked), write_timeout).await;
+            d.map(|mut d| {
+                d.clear();
+                dechunked = d;
+            })
+        } else {
+            let b = std::mem::take(&mut buf);
+            client.write_all(b.slice(..n), write_timeout).await.map(|s| buf = s.into_inner())
+        };
+        written.map_err(|_| CallFailure::ClientGone("client closed during the response"))?;
+        if buf.capacity() == 0 {
+            buf = Vec::with_capacity(UPSTREAM_READ);
+        }
+        if piece > 0 && call.first_body_write.is_none() {
+            call.first_body_write = Some(call.started.elapsed());
+        }
+        call.response_bytes += piece;
+    }
+    Ok(Relayed { client_keep_alive, upstream_reusable: !resp.close && !overrun && resp.framing != Framing::Close })
+}
+
+/// Builds the call's record and hands it to the writer thread.
+async fn finish_capture(w: &Worker, plan: &CallPlan, call: CallState) {
+    let ms = |d: Duration| (d.as_micros() as f64) / 1000.0;
+    let id = &plan.identity;
+    let record = CallRecord {
+        id: call.id,
+        session_id: id.session_id.clone(),
+        user: id.user.to_string(),
+        key_id: id.key_id.to_string(),
+        agent: id.agent.clone(),
+        env: id.env,
+        provider: plan.provider.name().to_string(),
+        endpoint: plan.endpoint.name().to_string(),
+        model: call.model,
+        stream: call.stream,
+        status: call.status,
+        upstream_status: call.upstream_status,
+        outcome: call.outcome,
+        error: call.error,
+        started_at: humantime::format_rfc3339_millis(call.started_at).to_string(),
+        latency_ms: ms(call.started.elapsed()),
+        ttfb_ms: call.ttfb.map(ms),
+        ttft_ms: if call.stream { call.first_body_write.map(ms) } else { None },
+        retention: id.retention,
+        request_bytes: call.request_bytes,
+        response_bytes: call.response_bytes,
+    };
+    w.shared.capture.send(record).await;
+}
