@@ -250,6 +250,13 @@ fn error_statuses_are_json_and_reach_no_upstream() {
 
     let health = send(addr, b"GET /api/proxy/health HTTP/1.1\r\nHost: p\r\n\r\n");
     assert_eq!((health.status, health.json()["status"].as_str()), (200, Some("ok")));
+    // HEAD: the same fields, no body; the connection stays usable for the next request.
+    let mut conn = Conn::open(addr);
+    conn.send(b"HEAD /api/proxy/health HTTP/1.1\r\nHost: p\r\n\r\nGET /api/proxy/health HTTP/1.1\r\nHost: p\r\n\r\n");
+    let seen = String::from_utf8_lossy(&conn.read_until(b"\r\n\r\nHTTP/1.1 200")).into_owned();
+    let (first_head, rest) = seen.split_once("\r\n\r\n").unwrap();
+    assert!(first_head.starts_with("HTTP/1.1 200 OK\r\n") && first_head.contains("content-length: 15"));
+    assert!(rest.starts_with("HTTP/1.1 200"), "no body after a HEAD answer: {rest:?}");
 
     // Nothing above reached the upstream but the chunked body's first part.
     assert!(mock.received().is_empty());

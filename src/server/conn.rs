@@ -138,8 +138,14 @@ async fn handle_request(w: &Rc<Worker>, client: &mut ClientConn, head: RequestHe
     };
     let planned = match routed {
         Ok(Route::Health) => {
+            let is_head = head.method(data) == b"HEAD";
             client.consume(head.len);
-            let resp = local_response(200, &[], br#"{"status":"ok"}"#, close_unless_body_read);
+            const HEALTHY: &[u8] = br#"{"status":"ok"}"#;
+            let mut resp = local_response(200, &[], HEALTHY, close_unless_body_read);
+            if is_head {
+                // A HEAD answer has the GET answer's fields and no body (RFC 9110 9.3.2).
+                resp.truncate(resp.len() - HEALTHY.len());
+            }
             return answer_locally(w, client, resp, close_unless_body_read).await;
         }
         Ok(Route::NotFound) => Err(ProxyError::not_found()),
