@@ -479,3 +479,29 @@ fn upstream_named_by_host_name_is_resolved_off_the_workers() {
     assert_eq!(mock.received()[0].header_str("host"), Some(format!("localhost:{}", mock.addr().port()).as_str()));
     assert_eq!(proxy.stop_and_records().len(), 1);
 }
+
+#[test]
+fn a_pooled_connection_that_dies_unanswered_is_retried_once_on_a_fresh_one() {
+    use common::raw_upstream::{RawUpstream, Script, Then};
+    // Each upstream connection answers one request, then stays open without reading, and closes
+    // after a while: a second request sent on it is closed unanswered.
+    let raw = RawUpstream::start(|_| {
+        Script::reply("HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}", Then::Hold(Duration::from_millis(300)))
+    });
+    let mock = MockUpstream::start_plain();
+    let mut proxy = Proxy::start(&mock, |c| {
+        c.workers = 1;
+        c.upstreams[kurral_proxy::provider::Provider::OpenAi.index()] =
+            kurral_proxy::upstream::UpstreamUrl::parse(&raw.url()).unwrap();
+    });
+    let fields = proxy.kurral("bot");
+    let mut conn = Conn::open(proxy.addr);
+    for _ in 0..2 {
+        conn.send(&request("POST", CHAT, &fields, CHAT_BODY.as_bytes()));
+        let r = conn.response();
+        assert_eq!((r.status, r.text().as_str()), (200, "{}"));
+    }
+    assert_eq!(raw.accepted(), 2, "the second call went out again on a new connection");
+    let records = proxy.stop_and_records();
+    assert!(records.iter().all(|r| r.outcome == Outcome::Ok), "{records:?}");
+}

@@ -327,8 +327,10 @@ async fn forward_request(
     let n = decode_request_body(&mut decoder, client.data(), &mut body, max_body)?;
     out.extend_from_slice(&client.data()[..n]);
     client.consume(n);
-    let mut replay = (out.len() <= REPLAY_MAX).then(|| out.clone());
-    if let (Err(_), _) = upstream.write_all(out).await {
+    // The write hands the buffer back: it is kept as the replay copy, not cloned.
+    let (written, out) = upstream.write_all(out).await;
+    let mut replay = (out.len() <= REPLAY_MAX).then_some(out);
+    if written.is_err() {
         return Err(ForwardError::Upstream(replay.filter(|_| decoder.is_done())));
     }
     while !decoder.is_done() {
