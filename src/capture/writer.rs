@@ -69,13 +69,6 @@ impl CaptureSender {
         }
     }
 
-    /// Blocking send, for threads outside a monoio runtime.
-    pub fn send_blocking(&self, record: CallRecord) {
-        if self.tx.send(record).is_err() {
-            tracing::error!("capture writer is gone; record lost");
-        }
-    }
-
     pub fn stats(&self) -> &Arc<CaptureStats> {
         &self.stats
     }

@@ -239,7 +239,7 @@ async fn proxy_call(
             .await
             .map_err(|_| CallFailure::ClientGone("client closed before sending its body"))?;
     }
-    let sent = forward_request(w, client, plan, call, &mut upstream, deadline).await;
+    let sent = forward_request(w, client, plan, call, &mut upstream, reused, deadline).await;
     tracing::debug!(id = %call.id, "request sent");
     let replay = match sent {
         Ok(replay) => replay,
@@ -318,6 +318,7 @@ async fn forward_request(
     plan: &CallPlan,
     call: &mut CallState,
     upstream: &mut UpstreamStream,
+    reused: bool,
     deadline: Instant,
 ) -> Result<Option<Vec<u8>>, ForwardError> {
     let max_body = w.shared.config.limits.max_body_bytes;
@@ -327,9 +328,10 @@ async fn forward_request(
     let n = decode_request_body(&mut decoder, client.data(), &mut body, max_body)?;
     out.extend_from_slice(&client.data()[..n]);
     client.consume(n);
-    // The write hands the buffer back: it is kept as the replay copy, not cloned.
+    // Only a pooled connection can turn out dead and need the request resent; on a fresh one
+    // nothing is kept. The write hands the buffer back, so the first part is kept, not copied.
     let (written, out) = upstream.write_all(out).await;
-    let mut replay = (out.len() <= REPLAY_MAX).then_some(out);
+    let mut replay = (reused && out.len() <= REPLAY_MAX).then_some(out);
     if written.is_err() {
         return Err(ForwardError::Upstream(replay.filter(|_| decoder.is_done())));
     }
@@ -481,14 +483,7 @@ async fn relay_response_body(
     let mut overrun = false;
 
     // The first body bytes go out with the head, in one write.
-    let mut body_bytes = 0u64;
-    let n = decoder
-        .decode(&buf, &mut |d| {
-            body_bytes += d.len() as u64;
-            if dechunk {
-                out.extend_from_slice(d);
-            }
-        })
+    let (n, body_bytes) = decode_response_piece(&mut decoder, &buf, dechunk.then_some(&mut out))
         .map_err(|_| CallFailure::Respond(ProxyError::bad_gateway("invalid response body framing from upstream")))?;
     if !dechunk {
         out.extend_from_slice(&buf[..n]);
@@ -526,15 +521,8 @@ async fn relay_response_body(
                 return Err(CallFailure::Truncated(Outcome::UpstreamError, "upstream connection failed mid-response"))
             }
         }
-        let mut piece = 0u64;
-        let n = decoder
-            .decode(&buf, &mut |d| {
-                piece += d.len() as u64;
-                if dechunk {
-                    dechunked.extend_from_slice(d);
-                }
-            })
-            .map_err(|_| {
+        let (n, piece) =
+            decode_response_piece(&mut decoder, &buf, dechunk.then_some(&mut dechunked)).map_err(|_| {
                 CallFailure::Truncated(Outcome::UpstreamError, "invalid response body framing from upstream")
             })?;
         overrun |= n < buf.len();
@@ -549,15 +537,29 @@ async fn relay_response_body(
             client.write_all(b.slice(..n), write_timeout).await.map(|s| buf = s.into_inner())
         };
         written.map_err(|_| CallFailure::ClientGone("client closed during the response"))?;
-        if buf.capacity() == 0 {
-            buf = Vec::with_capacity(UPSTREAM_READ);
-        }
         if piece > 0 && call.first_body_write.is_none() {
             call.first_body_write = Some(call.started.elapsed());
         }
         call.response_bytes += piece;
     }
     Ok(Relayed { client_keep_alive, upstream_reusable: !resp.close && !overrun && resp.framing != Framing::Close })
+}
+
+/// Decodes one piece of response body: returns the bytes of it that are framing-complete and the
+/// payload bytes among them. For an HTTP/1.0 client the payload is appended to `decoded`.
+fn decode_response_piece(
+    decoder: &mut BodyDecoder,
+    input: &[u8],
+    mut decoded: Option<&mut Vec<u8>>,
+) -> Result<(usize, u64), crate::http::body::BodyError> {
+    let mut payload = 0u64;
+    let n = decoder.decode(input, &mut |d| {
+        payload += d.len() as u64;
+        if let Some(out) = decoded.as_mut() {
+            out.extend_from_slice(d);
+        }
+    })?;
+    Ok((n, payload))
 }
 
 /// Builds the call's record and hands it to the writer thread.

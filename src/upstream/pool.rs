@@ -45,8 +45,4 @@ impl Pool {
         }
         list.push((stream, Instant::now()));
     }
-
-    pub fn idle_count(&self) -> usize {
-        self.idle.borrow().iter().map(Vec::len).sum()
-    }
 }
