@@ -8,8 +8,11 @@ _kurral_sudo() {
 
 kurral_deps() {
   local missing=()
-  # librocksdb-sys generates its bindings with bindgen, which loads libclang.
-  ls /usr/lib/llvm-*/lib/libclang*.so* >/dev/null 2>&1 || ls /usr/lib/*/libclang*.so* >/dev/null 2>&1 || missing+=(libclang-dev)
+  # librocksdb-sys generates its bindings with bindgen, which loads libclang (libclang.so or
+  # libclang-N.so; libclang-cpp.so, which other packages bring, is not it).
+  compgen -G '/usr/lib/llvm-*/lib/libclang.so*' >/dev/null || compgen -G '/usr/lib/llvm-*/lib/libclang-[0-9]*.so*' >/dev/null \
+    || compgen -G '/usr/lib/*/libclang.so*' >/dev/null || compgen -G '/usr/lib/*/libclang-[0-9]*.so*' >/dev/null \
+    || missing+=(libclang-dev)
   command -v c++ >/dev/null || missing+=(g++)
   command -v make >/dev/null || missing+=(make)
   command -v python3 >/dev/null || missing+=(python3)
