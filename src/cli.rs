@@ -60,6 +60,9 @@ pub struct ServeArgs {
     /// Calls in flight per user before 429 (default 10; 0 for no limit). Keys may override.
     #[arg(long, env = "KURRAL_MAX_CONCURRENT")]
     pub max_concurrent: Option<u32>,
+    /// A price file (the shape of the shipped pricing.json) to use instead of the shipped one.
+    #[arg(long, env = "KURRAL_PRICING")]
+    pub pricing: Option<PathBuf>,
     /// Seconds to let in-flight calls finish on SIGTERM/SIGINT (default 30).
     #[arg(long, env = "KURRAL_SHUTDOWN_GRACE_SECS")]
     pub shutdown_grace_secs: Option<u64>,

@@ -42,6 +42,26 @@ pub const MAX_CONCURRENT: u32 = 10;
 pub const FIRST_BYTE_TIMEOUT: Duration = Duration::from_secs(120);
 /// Records waiting for the writer thread; past this a connection waits (it never drops one).
 pub const CAPTURE_CHANNEL_CAPACITY: usize = 16 * 1024;
+/// Under retention `full`, each of the request and response bodies is kept up to this size (and
+/// marked truncated past it): 1 MiB holds any ordinary conversation and bounds a record's size.
+pub const MAX_CONTENT_BYTES: usize = 1024 * 1024;
+
+/// What the capture path keeps and how it prices.
+#[derive(Debug, Clone)]
+pub struct CaptureSettings {
+    /// Cap on each body kept under retention `full`.
+    pub max_content_bytes: usize,
+    /// Ask OpenAI for stream usage the client did not ask for, and hide it from the client.
+    pub openai_stream_usage: bool,
+    /// A price file to use instead of the shipped `pricing.json`.
+    pub pricing_file: Option<PathBuf>,
+}
+
+impl Default for CaptureSettings {
+    fn default() -> Self {
+        CaptureSettings { max_content_bytes: MAX_CONTENT_BYTES, openai_stream_usage: true, pricing_file: None }
+    }
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DriverChoice {
@@ -98,6 +118,7 @@ pub struct Config {
     pub limits: Limits,
     pub shutdown_grace: Duration,
     pub capture_channel_capacity: usize,
+    pub capture: CaptureSettings,
 }
 
 impl Config {
@@ -128,6 +149,16 @@ struct FileConfig {
     upstream: FileUpstreams,
     #[serde(default)]
     limits: FileLimits,
+    #[serde(default)]
+    capture: FileCapture,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileCapture {
+    max_content_bytes: Option<usize>,
+    openai_stream_usage: Option<bool>,
+    pricing_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -242,6 +273,11 @@ fn resolve_with_env(args: ServeArgs, env: &dyn Fn(&str) -> Option<String>) -> Re
         limits,
         shutdown_grace: secs(args.shutdown_grace_secs.or(fl.shutdown_grace_secs), SHUTDOWN_GRACE),
         capture_channel_capacity: CAPTURE_CHANNEL_CAPACITY,
+        capture: CaptureSettings {
+            max_content_bytes: file.capture.max_content_bytes.unwrap_or(MAX_CONTENT_BYTES),
+            openai_stream_usage: file.capture.openai_stream_usage.unwrap_or(true),
+            pricing_file: args.pricing.or(file.capture.pricing_file),
+        },
     })
 }
 

@@ -4,9 +4,11 @@
 //! Downstream, the only `x-kurral-*` fields are the two ids the proxy adds itself.
 #![no_main]
 
-use kurral_proxy::http::head::{parse_request_head, parse_response_head, trim, HeadError, HeadLimits, MAX_HEADERS};
+use kurral_proxy::http::head::{
+    parse_request_head, parse_response_head, trim, Framing, HeadError, HeadLimits, MAX_HEADERS,
+};
 use kurral_proxy::http::rewrite::{
-    downstream_response_head, upstream_request_head, ResponseAdditions, KURRAL_KEY_PREFIX,
+    downstream_response_head, upstream_request_head, BodyFraming, ResponseAdditions, KURRAL_KEY_PREFIX,
 };
 use kurral_proxy::provider::{route, Route};
 use libfuzzer_sys::fuzz_target;
@@ -66,8 +68,12 @@ fuzz_target!(|data: &[u8]| {
 
     let request_was_head = flags & 1 != 0;
     if let Ok(Some(resp)) = parse_response_head(response, 64 * 1024, request_was_head) {
-        let add =
-            ResponseAdditions { session_id: "s-1", request_id: "r-1", close: flags & 2 != 0, dechunk: flags & 4 != 0 };
+        let body = match flags & 12 {
+            4 => BodyFraming::Decoded,
+            8 => BodyFraming::Rechunked,
+            _ => BodyFraming::AsUpstream,
+        };
+        let add = ResponseAdditions { session_id: "s-1", request_id: "r-1", close: flags & 2 != 0, body };
         let out = downstream_response_head(response, &resp, &add);
         let ours: Vec<_> = field_lines(&out).filter(|(name, _)| starts_with_ignore_case(name, b"x-kurral-")).collect();
         assert_eq!(ours, [(&b"x-kurral-session-id"[..], &b"s-1"[..]), (b"x-kurral-request-id", b"r-1")]);
@@ -78,6 +84,9 @@ fuzz_target!(|data: &[u8]| {
                 assert_eq!(down.headers.len(), fields(&out));
                 if add.close {
                     assert!(down.close);
+                }
+                if body == BodyFraming::Rechunked && !request_was_head && resp.framing != Framing::Empty {
+                    assert_eq!(down.framing, Framing::Chunked);
                 }
             }
             // The two ids can take an upstream head over MAX_HEADERS: the proxy's own limit.

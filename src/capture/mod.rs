@@ -1,10 +1,12 @@
 //! Capture: one record per call, handed from the workers to one writer thread.
 //!
 //! - `record`: `CallRecord` and its versioned encoding.
+//! - `content`: what a record keeps of bodies and tools, by retention level.
 //! - `writer`: the bounded crossbeam channel, the async-waiting sender the workers hold, and the
 //!   writer thread that batches records into a `RecordSink`.
 //! - `store`: the RocksDB sink and the read side (feature `store`).
 
+pub mod content;
 pub mod record;
 #[cfg(feature = "store")]
 pub mod store;

@@ -1,10 +1,14 @@
 //! The capture record of one call, and its encoding in the store.
 //!
 //! Field names follow the `Call` shape of the read API. Usage, cost, content and tools come from
-//! the usage scanner; this record holds what every call has. Encoded as one version byte then
-//! JSON, so later versions can change the layout and still read old records.
+//! the usage scanner (`usage`), the request inspector (`inspect`) and the price table
+//! (`pricing`). Encoded as one version byte then JSON, so later versions can change the layout
+//! and still read old records; fields added within a version default when absent.
 
 use serde::{Deserialize, Serialize};
+
+use crate::pricing::Cost;
+use crate::usage::Usage;
 
 /// Version byte of the current record encoding.
 pub const RECORD_VERSION: u8 = 1;
@@ -90,6 +94,39 @@ pub struct CallRecord {
     pub request_bytes: u64,
     /// Response body bytes relayed to the client.
     pub response_bytes: u64,
+    /// The model the provider says answered, when it names one (often a dated snapshot).
+    #[serde(default)]
+    pub response_model: Option<String>,
+    /// Normalized token counts; null when the provider sent none (or the call never got that far).
+    #[serde(default)]
+    pub usage: Option<Usage>,
+    /// The provider's own usage object, verbatim (streams: merged by the provider's rule).
+    #[serde(default)]
+    pub usage_raw: Option<serde_json::Value>,
+    /// Total cost in USD; null when the model is not priced or no usage was seen.
+    #[serde(default)]
+    pub cost_usd: Option<f64>,
+    /// The cost per token kind, exact, with the price table's version.
+    #[serde(default)]
+    pub cost: Option<Cost>,
+    /// Usage was seen but the price table does not know the model.
+    #[serde(default)]
+    pub unpriced_model: bool,
+    /// Time the proxy itself added: request handling before the upstream write (connecting
+    /// excluded) plus the time from the upstream's response head to its relay.
+    #[serde(default)]
+    pub proxy_overhead_ms: Option<f64>,
+    /// The proxy asked the upstream for stream usage the client had not asked for
+    /// (`stream_options.include_usage`), and removed it from what the client received.
+    #[serde(default)]
+    pub stream_usage_added: bool,
+    /// Content by retention: null, summaries, or the complete bodies (see `capture::content`).
+    #[serde(default)]
+    pub request: Option<serde_json::Value>,
+    #[serde(default)]
+    pub response: Option<serde_json::Value>,
+    #[serde(default)]
+    pub tools: Option<serde_json::Value>,
 }
 
 impl CallRecord {
@@ -132,6 +169,17 @@ pub(crate) fn sample(id: &str) -> CallRecord {
         retention: Retention::Metadata,
         request_bytes: 10,
         response_bytes: 20,
+        response_model: None,
+        usage: None,
+        usage_raw: None,
+        cost_usd: None,
+        cost: None,
+        unpriced_model: false,
+        proxy_overhead_ms: None,
+        stream_usage_added: false,
+        request: None,
+        response: None,
+        tools: None,
     }
 }
 

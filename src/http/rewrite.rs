@@ -6,7 +6,7 @@
 //! Provider credentials (`Authorization`, an Anthropic `x-api-key`, `x-goog-api-key`) pass byte
 //! for byte.
 
-use super::head::{trim, Framing, HeaderSpan, RequestHead, ResponseHead};
+use super::head::{trim, HeaderSpan, RequestHead, ResponseHead};
 
 /// Prefix of every Kurral key. A legacy `X-API-Key` holding a value with this prefix is a Kurral
 /// key; any other value is Anthropic's provider key and is forwarded untouched.
@@ -70,14 +70,42 @@ pub fn upstream_request_head(buf: &[u8], head: &RequestHead, target: &[u8], auth
     out
 }
 
+/// An upstream request head (as `upstream_request_head` wrote it) for a body the proxy changed:
+/// its framing fields replaced by `content-length: len`.
+pub fn with_content_length(head: &[u8], len: usize) -> Vec<u8> {
+    let mut out = Vec::with_capacity(head.len() + 24);
+    let body_start = head.len() - 2;
+    for line in head[..body_start].split_inclusive(|&b| b == b'\n') {
+        let name = line.split(|&b| b == b':').next().unwrap_or_default();
+        if name.eq_ignore_ascii_case(b"content-length") || name.eq_ignore_ascii_case(b"transfer-encoding") {
+            continue;
+        }
+        out.extend_from_slice(line);
+    }
+    push_field(&mut out, b"content-length", len.to_string().as_bytes());
+    out.extend_from_slice(b"\r\n");
+    out
+}
+
 /// What the proxy adds to a relayed response head.
 pub struct ResponseAdditions<'a> {
     pub session_id: &'a str,
     pub request_id: &'a str,
     /// The proxy closes the client connection after this response.
     pub close: bool,
-    /// The client speaks HTTP/1.0: a chunked body is sent decoded and delimited by close.
-    pub dechunk: bool,
+    /// How the body that follows is framed for the client.
+    pub body: BodyFraming,
+}
+
+/// How a relayed response body is framed downstream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BodyFraming {
+    /// The upstream's framing, bytes as they came.
+    AsUpstream,
+    /// The payload alone, delimited by close (an HTTP/1.0 client cannot read chunked framing).
+    Decoded,
+    /// The payload in the proxy's own chunks (the body's length changes on the way).
+    Rechunked,
 }
 
 /// The head relayed downstream: the upstream's status and end-to-end fields, the Kurral ids, and
@@ -95,11 +123,15 @@ pub fn downstream_response_head(buf: &[u8], head: &ResponseHead, add: &ResponseA
         if is_hop_by_hop(name)
             || nominated.iter().any(|n| n.eq_ignore_ascii_case(name))
             || starts_with_ignore_case(name, b"x-kurral-")
-            || (add.dechunk && head.framing == Framing::Chunked && name.eq_ignore_ascii_case(b"transfer-encoding"))
+            || (add.body != BodyFraming::AsUpstream
+                && (name.eq_ignore_ascii_case(b"transfer-encoding") || name.eq_ignore_ascii_case(b"content-length")))
         {
             continue;
         }
         push_field(&mut out, name, value);
+    }
+    if add.body == BodyFraming::Rechunked {
+        out.extend_from_slice(b"transfer-encoding: chunked\r\n");
     }
     push_field(&mut out, b"x-kurral-session-id", add.session_id.as_bytes());
     push_field(&mut out, b"x-kurral-request-id", add.request_id.as_bytes());
@@ -185,17 +217,41 @@ mod tests {
     fn response_head_gets_ids_and_loses_hop_by_hop_fields() {
         let raw = "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nConnection: keep-alive\r\nKeep-Alive: timeout=5\r\nTransfer-Encoding: chunked\r\n\r\n";
         let head = parse_response_head(raw.as_bytes(), 8192, false).unwrap().unwrap();
-        let add = ResponseAdditions { session_id: "s1", request_id: "r1", close: false, dechunk: false };
+        let add = ResponseAdditions { session_id: "s1", request_id: "r1", close: false, body: BodyFraming::AsUpstream };
         let out = String::from_utf8(downstream_response_head(raw.as_bytes(), &head, &add)).unwrap();
         assert_eq!(
             out,
             "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\
              x-kurral-session-id: s1\r\nx-kurral-request-id: r1\r\n\r\n"
         );
-        let add = ResponseAdditions { dechunk: true, close: true, ..add };
+        let add = ResponseAdditions { body: BodyFraming::Decoded, close: true, ..add };
         let out = String::from_utf8(downstream_response_head(raw.as_bytes(), &head, &add)).unwrap();
         assert!(!out.contains("Transfer-Encoding"));
         assert!(out.ends_with("connection: close\r\n\r\n"));
+        let raw = "HTTP/1.1 200 OK\r\nContent-Length: 10\r\nContent-Type: text/event-stream\r\n\r\n";
+        let head = parse_response_head(raw.as_bytes(), 8192, false).unwrap().unwrap();
+        let add = ResponseAdditions { body: BodyFraming::Rechunked, close: false, ..add };
+        let out = String::from_utf8(downstream_response_head(raw.as_bytes(), &head, &add)).unwrap();
+        assert_eq!(
+            out,
+            "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\ntransfer-encoding: chunked\r\n\
+             x-kurral-session-id: s1\r\nx-kurral-request-id: r1\r\n\r\n"
+        );
+    }
+
+    #[test]
+    fn a_changed_body_gets_its_own_length() {
+        let head = rewrite("POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nX-A: 1\r\n\r\n");
+        let out = String::from_utf8(with_content_length(head.as_bytes(), 42)).unwrap();
+        assert_eq!(
+            out,
+            "POST /v1/messages HTTP/1.1\r\nhost: api.anthropic.com\r\nX-A: 1\r\naccept-encoding: identity\r\n\
+             content-length: 42\r\n\r\n"
+        );
+        let head = rewrite("POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 2\r\n\r\n{}");
+        let out = String::from_utf8(with_content_length(head.as_bytes(), 7)).unwrap();
+        assert_eq!(out.matches("ength").count(), 1);
+        assert!(out.ends_with("content-length: 7\r\n\r\n"));
     }
 
     #[test]

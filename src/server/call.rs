@@ -4,8 +4,13 @@
 //! plan_call (authenticate, validate, rewrite head) ─▶ admit (rate, concurrency)
 //!   ─▶ forward_request (pooled upstream; head + body relayed as they arrive)
 //!   ─▶ read_response_head ─▶ relay_response_body (written to the client first, inspected after)
-//!   ─▶ finish_capture (one record per call, to the writer thread)
+//!   ─▶ finish_capture (usage, cost, content: one record per call, to the writer thread)
 //! ```
+//!
+//! One documented exception to relaying bytes as they came: an OpenAI chat request is read whole
+//! before it goes upstream, so that a stream whose client did not ask for usage can be given
+//! `stream_options.include_usage` (`usage::include_usage`); its response is then filtered back
+//! to what the client would have received, and re-chunked since its length changes.
 //!
 //! Every way a call can end is a `CallFailure` or a completed exchange; `run_call` turns each
 //! into what the client receives and the one record the call leaves.
@@ -18,14 +23,20 @@ use super::client::{ClientConn, READ_BUF};
 use super::conn::Next;
 use super::worker::{ConnStop, Worker};
 use crate::auth::{identify, CallIdentity, LimitValues, Permit};
-use crate::capture::{CallRecord, Outcome};
+use crate::capture::content::{self, BodyCopy};
+use crate::capture::{CallRecord, Outcome, Retention};
 use crate::error::{ErrorKind, ProxyError, Side};
-use crate::http::body::BodyDecoder;
+use crate::http::body::{BodyDecoder, BodyError};
 use crate::http::head::{parse_response_head, Framing, RequestHead, ResponseHead};
-use crate::http::rewrite::{downstream_response_head, local_response, upstream_request_head, ResponseAdditions};
-use crate::inspect::inspect_request;
+use crate::http::rewrite::{
+    downstream_response_head, local_response, upstream_request_head, with_content_length, BodyFraming,
+    ResponseAdditions,
+};
+use crate::inspect::{inspect_request, RequestInfo};
 use crate::provider::{Endpoint, Provider};
 use crate::upstream::UpstreamStream;
+use crate::usage::include_usage::{add_include_usage, UsageChunkFilter};
+use crate::usage::{Caps, ResponseInspector, Shape};
 
 /// Largest upstream response head accepted; providers send about 1 KiB.
 const MAX_RESPONSE_HEAD: usize = 64 * 1024;
@@ -118,6 +129,12 @@ fn admit(w: &Worker, plan: &CallPlan) -> Result<Permit, ProxyError> {
 pub(super) struct CallPlan {
     provider: Provider,
     endpoint: Endpoint,
+    /// The wire format the scanner reads.
+    shape: Shape,
+    /// How much content the record keeps, so how much the scanner reads.
+    caps: Caps,
+    /// Read the request body whole before forwarding (the include_usage rewrite may apply).
+    buffer_body: bool,
     path_model: Option<String>,
     identity: CallIdentity,
     upstream_head: Vec<u8>,
@@ -143,9 +160,13 @@ pub(super) fn plan_call(
     let mut target = Vec::with_capacity(url.base_path.len() + upstream_target.len());
     target.extend_from_slice(url.base_path.as_bytes());
     target.extend_from_slice(upstream_target);
+    let shape = Shape::of(provider, endpoint);
     Ok(CallPlan {
         provider,
         endpoint,
+        shape,
+        caps: content::caps(identity.retention, config.capture.max_content_bytes),
+        buffer_body: shape == Shape::Chat && config.capture.openai_stream_usage,
         path_model: path_model.map(|m| String::from_utf8_lossy(m).into_owned()),
         identity,
         upstream_head: upstream_request_head(data, head, &target, &url.authority),
@@ -176,6 +197,17 @@ struct CallState {
     first_body_write: Option<Duration>,
     request_bytes: u64,
     response_bytes: u64,
+    /// Time spent connecting to the upstream (not the proxy's own time).
+    connect_time: Duration,
+    /// From the call's start to the request's first write upstream.
+    upstream_write_at: Option<Duration>,
+    /// From the upstream's response head read to the client's head written.
+    head_relay: Option<Duration>,
+    stream_usage_added: bool,
+    request_info: RequestInfo,
+    request_copy: Option<BodyCopy>,
+    response_copy: Option<BodyCopy>,
+    inspector: Option<ResponseInspector>,
 }
 
 impl CallState {
@@ -194,6 +226,14 @@ impl CallState {
             first_body_write: None,
             request_bytes: 0,
             response_bytes: 0,
+            connect_time: Duration::ZERO,
+            upstream_write_at: None,
+            head_relay: None,
+            stream_usage_added: false,
+            request_info: RequestInfo::default(),
+            request_copy: None,
+            response_copy: None,
+            inspector: None,
         }
     }
 
@@ -231,7 +271,7 @@ async fn proxy_call(
     if matches!(plan.framing, Framing::Length(n) if n > max_body) {
         return Err(CallFailure::Respond(body_too_large(max_body)));
     }
-    let (mut upstream, reused) = checkout(w, plan.provider, deadline).await?;
+    let (mut upstream, reused) = checkout(w, plan.provider, call, deadline).await?;
     tracing::debug!(id = %call.id, reused, "upstream ready");
     if plan.expect_continue {
         client
@@ -257,7 +297,7 @@ async fn proxy_call(
         // fresh connection. Only when nothing came back, so the upstream cannot have acted on it.
         Err(HeadFailure::ClosedEmpty) if reused && replay.is_some() => {
             let replay = replay.expect("checked");
-            let mut fresh = connect(w, plan.provider, deadline).await?;
+            let mut fresh = connect(w, plan.provider, call, deadline).await?;
             if let (Err(_), _) = fresh.write_all(replay).await {
                 return Err(CallFailure::Respond(ProxyError::bad_gateway("upstream connection failed")));
             }
@@ -272,9 +312,6 @@ async fn proxy_call(
     tracing::debug!(id = %call.id, status = resp.status, "response head");
     call.upstream_status = Some(resp.status);
     call.status = resp.status;
-    if resp.header(&buf, "content-type").is_some_and(|v| v.starts_with(b"text/event-stream")) {
-        call.stream = true;
-    }
     let relayed = relay_response_body(w, client, plan, call, &mut upstream, resp, buf, deadline).await?;
     if relayed.upstream_reusable {
         w.pool.put(plan.provider, upstream);
@@ -283,17 +320,30 @@ async fn proxy_call(
     Ok(relayed.client_keep_alive)
 }
 
-async fn checkout(w: &Worker, provider: Provider, deadline: Instant) -> Result<(UpstreamStream, bool), CallFailure> {
+async fn checkout(
+    w: &Worker,
+    provider: Provider,
+    call: &mut CallState,
+    deadline: Instant,
+) -> Result<(UpstreamStream, bool), CallFailure> {
     match w.pool.take(provider) {
         Some(s) => Ok((s, true)),
-        None => Ok((connect(w, provider, deadline).await?, false)),
+        None => Ok((connect(w, provider, call, deadline).await?, false)),
     }
 }
 
-async fn connect(w: &Worker, provider: Provider, deadline: Instant) -> Result<UpstreamStream, CallFailure> {
+async fn connect(
+    w: &Worker,
+    provider: Provider,
+    call: &mut CallState,
+    deadline: Instant,
+) -> Result<UpstreamStream, CallFailure> {
     let limit = w.shared.config.limits.connect_timeout.min(deadline.saturating_duration_since(Instant::now()));
     let url = w.shared.config.upstream(provider);
-    w.connector.connect(provider.index(), url, limit).await.map_err(|e| {
+    let t = Instant::now();
+    let connected = w.connector.connect(provider.index(), url, limit).await;
+    call.connect_time += t.elapsed();
+    connected.map_err(|e| {
         tracing::warn!(provider = provider.name(), upstream = %url, "upstream connect failed: {e}");
         match e {
             crate::upstream::connector::ConnectError::Timeout => CallFailure::Respond(ProxyError::gateway_timeout()),
@@ -310,8 +360,9 @@ enum ForwardError {
 }
 
 /// Sends the rewritten head, then the body as it arrives from the client, raw bytes relayed as
-/// received (chunked framing included). The body is copied aside for inspection; the model and
-/// stream flag are read from that copy once the body has gone upstream.
+/// received (chunked framing included); an OpenAI chat body is read whole first (see the module
+/// doc). The body is copied aside for inspection; what it says (model, stream, tools, content)
+/// is read from that copy once the body has gone upstream.
 async fn forward_request(
     w: &Worker,
     client: &mut ClientConn,
@@ -328,6 +379,20 @@ async fn forward_request(
     let n = decode_request_body(&mut decoder, client.data(), &mut body, max_body)?;
     out.extend_from_slice(&client.data()[..n]);
     client.consume(n);
+    if plan.buffer_body {
+        while !decoder.is_done() {
+            fill_request_body(client, deadline).await?;
+            let n = decode_request_body(&mut decoder, client.data(), &mut body, max_body)?;
+            out.extend_from_slice(&client.data()[..n]);
+            client.consume(n);
+        }
+        if let Some(changed) = add_include_usage(&body) {
+            out = with_content_length(&plan.upstream_head, changed.len());
+            out.extend_from_slice(&changed);
+            call.stream_usage_added = true;
+        }
+    }
+    call.upstream_write_at = Some(call.started.elapsed());
     // Only a pooled connection can turn out dead and need the request resent; on a fresh one
     // nothing is kept. The write hands the buffer back, so the first part is kept, not copied.
     let (written, out) = upstream.write_all(out).await;
@@ -336,18 +401,7 @@ async fn forward_request(
         return Err(ForwardError::Upstream(replay.filter(|_| decoder.is_done())));
     }
     while !decoder.is_done() {
-        let left = deadline.saturating_duration_since(Instant::now());
-        match client.fill_within(READ_BUF, left).await {
-            Ok(0) => return Err(ForwardError::Call(CallFailure::ClientGone("client closed during the request body"))),
-            Ok(_) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {
-                return Err(ForwardError::Call(CallFailure::Respond(ProxyError::new(
-                    ErrorKind::RequestTimeout,
-                    "request body not received in time",
-                ))))
-            }
-            Err(_) => return Err(ForwardError::Call(CallFailure::ClientGone("client connection failed"))),
-        }
+        fill_request_body(client, deadline).await?;
         let n = decode_request_body(&mut decoder, client.data(), &mut body, max_body)?;
         if let Some(r) = replay.as_mut() {
             if r.len() + n <= REPLAY_MAX {
@@ -366,12 +420,31 @@ async fn forward_request(
         }
     }
     call.request_bytes = body.len() as u64;
-    let info = inspect_request(&mut body);
+    if plan.identity.retention == Retention::Full {
+        let mut copy = BodyCopy::new(w.shared.config.capture.max_content_bytes);
+        copy.push(&body);
+        call.request_copy = Some(copy);
+    }
+    let info = inspect_request(&mut body, plan.shape, plan.caps);
     if call.model.is_none() {
-        call.model = info.model;
+        call.model = info.model.clone();
     }
     call.stream |= info.stream;
+    call.request_info = info;
     Ok(replay)
+}
+
+/// Waits for more of the request body, within the call's deadline.
+async fn fill_request_body(client: &mut ClientConn, deadline: Instant) -> Result<(), ForwardError> {
+    let left = deadline.saturating_duration_since(Instant::now());
+    match client.fill_within(READ_BUF, left).await {
+        Ok(0) => Err(ForwardError::Call(CallFailure::ClientGone("client closed during the request body"))),
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::TimedOut => Err(ForwardError::Call(CallFailure::Respond(
+            ProxyError::new(ErrorKind::RequestTimeout, "request body not received in time"),
+        ))),
+        Err(_) => Err(ForwardError::Call(CallFailure::ClientGone("client connection failed"))),
+    }
 }
 
 fn decode_request_body(
@@ -454,8 +527,9 @@ struct Relayed {
 }
 
 /// Writes the response head and then each piece of body to the client as it arrives. A piece is
-/// written before anything else is done with it; the upstream is read again only once the client
-/// has taken the previous piece, so a slow client slows the upstream instead of growing memory.
+/// written before anything else is done with it (inspection, the content copy); the upstream is
+/// read again only once the client has taken the previous piece, so a slow client slows the
+/// upstream instead of growing memory.
 #[allow(clippy::too_many_arguments)]
 async fn relay_response_body(
     w: &Worker,
@@ -467,38 +541,52 @@ async fn relay_response_body(
     mut buf: Vec<u8>,
     deadline: Instant,
 ) -> Result<Relayed, CallFailure> {
+    let head_read = Instant::now();
     let write_timeout = w.shared.config.limits.client_write_timeout;
-    // An HTTP/1.0 client cannot read chunked framing: it gets the decoded body, ended by close.
-    let dechunk = plan.client_http10 && resp.framing == Framing::Chunked;
-    let client_keep_alive = plan.client_keep_alive && !dechunk && resp.framing != Framing::Close && !w.shutting_down();
+    let event_stream = resp.header(&buf, "content-type").is_some_and(|v| v.starts_with(b"text/event-stream"));
+    call.stream |= event_stream;
+    call.inspector = Some(ResponseInspector::new(plan.shape, event_stream, plan.caps));
+    if plan.identity.retention == Retention::Full {
+        call.response_copy = Some(BodyCopy::new(w.shared.config.capture.max_content_bytes));
+    }
+    let has_body = resp.framing != Framing::Empty;
+    let filter = (call.stream_usage_added && event_stream && has_body && (200..300).contains(&resp.status))
+        .then(UsageChunkFilter::default);
+    // An HTTP/1.0 client cannot read chunked framing: it gets the payload, ended by close.
+    let framing = match (plan.client_http10, resp.framing == Framing::Chunked || filter.is_some()) {
+        (true, true) => BodyFraming::Decoded,
+        (false, true) if filter.is_some() => BodyFraming::Rechunked,
+        _ => BodyFraming::AsUpstream,
+    };
+    let client_keep_alive = plan.client_keep_alive
+        && framing != BodyFraming::Decoded
+        && (resp.framing != Framing::Close || framing == BodyFraming::Rechunked)
+        && !w.shutting_down();
     let add = ResponseAdditions {
         session_id: &plan.identity.session_id,
         request_id: &call.id,
         close: !client_keep_alive,
-        dechunk,
+        body: framing,
     };
     let mut out = downstream_response_head(&buf, &resp, &add);
     buf.drain(..resp.len);
     let mut decoder = BodyDecoder::new(resp.framing, u64::MAX);
-    let mut overrun = false;
+    let mut relay = Relay { framing, filter, payload: Vec::new(), client_payload: Vec::new(), ended: false };
 
     // The first body bytes go out with the head, in one write.
-    let (n, body_bytes) = decode_response_piece(&mut decoder, &buf, dechunk.then_some(&mut out))
+    let n = relay
+        .decode(&mut decoder, &buf)
         .map_err(|_| CallFailure::Respond(ProxyError::bad_gateway("invalid response body framing from upstream")))?;
-    if !dechunk {
-        out.extend_from_slice(&buf[..n]);
-    }
-    overrun |= n < buf.len();
-    client
+    let mut overrun = n < buf.len();
+    relay.encode(&buf, n, decoder.is_done(), &mut out);
+    let out = client
         .write_all(out, write_timeout)
         .await
         .map_err(|_| CallFailure::ClientGone("client closed during the response"))?;
-    if body_bytes > 0 {
-        call.first_body_write = Some(call.started.elapsed());
-    }
-    call.response_bytes = body_bytes;
+    call.head_relay = Some(head_read.elapsed());
+    relay.written(&buf, call);
+    let mut out = out;
 
-    let mut dechunked = Vec::new();
     while !decoder.is_done() {
         buf.clear();
         let left = deadline.saturating_duration_since(Instant::now());
@@ -521,51 +609,151 @@ async fn relay_response_body(
                 return Err(CallFailure::Truncated(Outcome::UpstreamError, "upstream connection failed mid-response"))
             }
         }
-        let (n, piece) =
-            decode_response_piece(&mut decoder, &buf, dechunk.then_some(&mut dechunked)).map_err(|_| {
-                CallFailure::Truncated(Outcome::UpstreamError, "invalid response body framing from upstream")
-            })?;
+        let n = relay.decode(&mut decoder, &buf).map_err(|_| {
+            CallFailure::Truncated(Outcome::UpstreamError, "invalid response body framing from upstream")
+        })?;
         overrun |= n < buf.len();
-        let written = if dechunk {
-            let d = client.write_all(std::mem::take(&mut dechunked), write_timeout).await;
-            d.map(|mut d| {
-                d.clear();
-                dechunked = d;
-            })
-        } else {
+        let written = if framing == BodyFraming::AsUpstream {
+            // Relayed as it came: write straight from the read buffer and take it back.
             let b = std::mem::take(&mut buf);
             client.write_all(b.slice(..n), write_timeout).await.map(|s| buf = s.into_inner())
+        } else {
+            out.clear();
+            relay.encode(&buf, n, decoder.is_done(), &mut out);
+            write_some(client, &mut out, write_timeout).await
         };
         written.map_err(|_| CallFailure::ClientGone("client closed during the response"))?;
-        if piece > 0 && call.first_body_write.is_none() {
-            call.first_body_write = Some(call.started.elapsed());
-        }
-        call.response_bytes += piece;
+        relay.written(&buf, call);
+    }
+    if !relay.ended && framing != BodyFraming::AsUpstream {
+        // A close-delimited upstream body ended: the filter's remainder and the last chunk.
+        out.clear();
+        relay.encode(&[], 0, true, &mut out);
+        write_some(client, &mut out, write_timeout)
+            .await
+            .map_err(|_| CallFailure::ClientGone("client closed during the response"))?;
     }
     Ok(Relayed { client_keep_alive, upstream_reusable: !resp.close && !overrun && resp.framing != Framing::Close })
 }
 
-/// Decodes one piece of response body: returns the bytes of it that are framing-complete and the
-/// payload bytes among them. For an HTTP/1.0 client the payload is appended to `decoded`.
-fn decode_response_piece(
-    decoder: &mut BodyDecoder,
-    input: &[u8],
-    mut decoded: Option<&mut Vec<u8>>,
-) -> Result<(usize, u64), crate::http::body::BodyError> {
-    let mut payload = 0u64;
-    let n = decoder.decode(input, &mut |d| {
-        payload += d.len() as u64;
-        if let Some(out) = decoded.as_mut() {
-            out.extend_from_slice(d);
-        }
-    })?;
-    Ok((n, payload))
+/// Writes `out` unless it is empty, and gives the buffer back for the next piece.
+async fn write_some(client: &mut ClientConn, out: &mut Vec<u8>, timeout: Duration) -> std::io::Result<()> {
+    if out.is_empty() {
+        return Ok(());
+    }
+    let written = client.write_all(std::mem::take(out), timeout).await?;
+    *out = written;
+    Ok(())
 }
 
-/// Builds the call's record and hands it to the writer thread.
-async fn finish_capture(w: &Worker, plan: &CallPlan, call: CallState) {
+/// The relay of one response body: what each piece of upstream bytes becomes for the client, and
+/// what is handed to inspection once it was written.
+struct Relay {
+    framing: BodyFraming,
+    filter: Option<UsageChunkFilter>,
+    /// Where the current piece's payload lies in the upstream bytes (chunk framing excluded).
+    payload: Vec<std::ops::Range<usize>>,
+    /// Decoded or re-chunked relay: the payload the client gets for the current piece.
+    client_payload: Vec<u8>,
+    /// The body's end has been encoded for the client.
+    ended: bool,
+}
+
+impl Relay {
+    /// Consumes the framing-complete prefix of `input`; returns its length.
+    fn decode(&mut self, decoder: &mut BodyDecoder, input: &[u8]) -> Result<usize, BodyError> {
+        self.payload.clear();
+        let base = input.as_ptr() as usize;
+        let payload = &mut self.payload;
+        // The decoder hands out slices of `input`: keep their offsets, not copies.
+        decoder.decode(input, &mut |d| {
+            let at = d.as_ptr() as usize - base;
+            payload.push(at..at + d.len());
+        })
+    }
+
+    /// Appends to `out` what the client gets for `input[..n]`; `done`: the body ends there.
+    fn encode(&mut self, input: &[u8], n: usize, done: bool, out: &mut Vec<u8>) {
+        if self.framing == BodyFraming::AsUpstream {
+            out.extend_from_slice(&input[..n]);
+            return;
+        }
+        self.client_payload.clear();
+        for r in &self.payload {
+            match &mut self.filter {
+                Some(f) => f.feed(&input[r.clone()], &mut self.client_payload),
+                None => self.client_payload.extend_from_slice(&input[r.clone()]),
+            }
+        }
+        if done {
+            if let Some(f) = &mut self.filter {
+                f.finish(&mut self.client_payload);
+            }
+        }
+        if self.framing == BodyFraming::Rechunked {
+            if !self.client_payload.is_empty() {
+                out.extend_from_slice(format!("{:x}\r\n", self.client_payload.len()).as_bytes());
+                out.extend_from_slice(&self.client_payload);
+                out.extend_from_slice(b"\r\n");
+            }
+            if done {
+                out.extend_from_slice(b"0\r\n\r\n");
+            }
+        } else {
+            out.extend_from_slice(&self.client_payload);
+        }
+        self.ended |= done;
+    }
+
+    /// After the piece was written: counts it and hands it to the inspector and the content copy
+    /// (the inspector sees the upstream's payload, usage chunk included; the copy keeps what the
+    /// client received).
+    fn written(&self, input: &[u8], call: &mut CallState) {
+        let client_bytes = if self.framing == BodyFraming::AsUpstream {
+            self.payload.iter().map(|r| r.len() as u64).sum()
+        } else {
+            self.client_payload.len() as u64
+        };
+        if client_bytes > 0 && call.first_body_write.is_none() {
+            call.first_body_write = Some(call.started.elapsed());
+        }
+        call.response_bytes += client_bytes;
+        if let Some(inspector) = &mut call.inspector {
+            self.payload.iter().for_each(|r| inspector.feed(&input[r.clone()]));
+        }
+        if let Some(copy) = &mut call.response_copy {
+            if self.framing == BodyFraming::AsUpstream {
+                self.payload.iter().for_each(|r| copy.push(&input[r.clone()]));
+            } else {
+                copy.push(&self.client_payload);
+            }
+        }
+    }
+}
+
+/// Builds the call's record (usage, cost, content by retention) and hands it to the writer
+/// thread. Runs after the last byte was relayed, so none of it delays the client.
+async fn finish_capture(w: &Worker, plan: &CallPlan, mut call: CallState) {
     let ms = |d: Duration| (d.as_micros() as f64) / 1000.0;
     let id = &plan.identity;
+    let facts = call.inspector.take().map(ResponseInspector::finish).unwrap_or_default();
+    let usage = facts.usage_raw.as_ref().and_then(|raw| plan.shape.normalize(raw));
+    // The answering model is the most precise name (a dated snapshot); the asked one otherwise.
+    let cost = usage.and_then(|u| {
+        [facts.model.as_deref(), call.model.as_deref()]
+            .into_iter()
+            .flatten()
+            .find_map(|m| w.shared.pricing.cost(plan.provider, m, &u))
+    });
+    let content = content::build(
+        id.retention,
+        &call.request_info,
+        call.request_copy.as_ref(),
+        &facts,
+        call.response_copy.as_ref(),
+    );
+    let overhead =
+        call.upstream_write_at.map(|t| ms(t.saturating_sub(call.connect_time) + call.head_relay.unwrap_or_default()));
     let record = CallRecord {
         id: call.id,
         session_id: id.session_id.clone(),
@@ -588,6 +776,17 @@ async fn finish_capture(w: &Worker, plan: &CallPlan, call: CallState) {
         retention: id.retention,
         request_bytes: call.request_bytes,
         response_bytes: call.response_bytes,
+        response_model: facts.model,
+        usage,
+        usage_raw: facts.usage_raw,
+        cost_usd: cost.as_ref().map(|c| c.total.to_f64()),
+        unpriced_model: usage.is_some() && cost.is_none(),
+        cost,
+        proxy_overhead_ms: overhead,
+        stream_usage_added: call.stream_usage_added,
+        request: content.request,
+        response: content.response,
+        tools: content.tools,
     };
     w.shared.capture.send(record).await;
 }

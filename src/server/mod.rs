@@ -23,6 +23,7 @@ use crate::auth::store::watch_keys;
 use crate::auth::{KeyStore, SharedKeys};
 use crate::capture::{start_writer, CaptureSender, CaptureStats, RecordSink, WriterHandle};
 use crate::config::Config;
+use crate::pricing::PriceTable;
 use crate::upstream::{start_resolver, Resolver};
 
 /// What every worker reads: resolved config, key table, capture channel, TLS config, and the
@@ -34,6 +35,8 @@ pub struct Shared {
     pub tls: Arc<ClientConfig>,
     pub resolver: Arc<Resolver>,
     pub shutdown: Arc<AtomicBool>,
+    /// Prices for the cost of each call.
+    pub pricing: Arc<PriceTable>,
 }
 
 /// A started server. `shutdown` stops accepting, lets in-flight calls finish (bounded by the
@@ -118,6 +121,10 @@ fn launch(
     // Everything that can fail on bad settings runs before any thread starts.
     let driver = runtime::choose_driver(config.driver)?;
     let tls = crate::upstream::tls_client_config(config.upstream_ca.as_deref())?;
+    let pricing = Arc::new(match &config.capture.pricing_file {
+        Some(path) => PriceTable::load(path).map_err(|e| format!("price file: {e}"))?,
+        None => PriceTable::builtin().clone(),
+    });
     let addr = listeners[0].local_addr().map_err(|e| e.to_string())?;
     let stop = Arc::new(AtomicBool::new(false));
     let (keys, key_watcher) =
@@ -130,7 +137,7 @@ fn launch(
     let (resolver, resolver_thread) = start_resolver(&config.upstreams, stop.clone()).map_err(stop_on_error)?;
     let (capture, writer) = start_writer(sink, config.capture_channel_capacity).map_err(stop_on_error)?;
     let stats = capture.stats().clone();
-    let shared = Arc::new(Shared { config, keys, capture, tls, resolver, shutdown: stop.clone() });
+    let shared = Arc::new(Shared { config, keys, capture, tls, resolver, shutdown: stop.clone(), pricing });
     let mut handle = ServerHandle {
         addr,
         driver,
