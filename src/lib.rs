@@ -30,6 +30,8 @@ pub mod config;
 pub mod error;
 pub mod http;
 pub mod inspect;
+pub mod pricing;
 pub mod provider;
 pub mod server;
 pub mod upstream;
+pub mod usage;

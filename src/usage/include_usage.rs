@@ -16,6 +16,9 @@ use super::sse::boundary;
 /// stream, usage already asked for, or a body that is not one JSON object).
 pub fn add_include_usage(body: &[u8]) -> Option<Vec<u8>> {
     let (open, members) = object_members(body)?;
+    if ambiguous(body, &members, &["stream", "stream_options"]) {
+        return None;
+    }
     let value = |m: &Member| &body[m.value.clone()];
     if members.iter().find(|m| m.is(body, "stream")).map(value) != Some(b"true") {
         return None;
@@ -28,6 +31,9 @@ pub fn add_include_usage(body: &[u8]) -> Option<Vec<u8>> {
         return Some(splice(body, span, b"{\"include_usage\":true}"));
     }
     let (inner_open, inner) = object_members(value(options))?;
+    if ambiguous(value(options), &inner, &["include_usage"]) {
+        return None;
+    }
     let inner_open = span.start + inner_open;
     match inner.iter().find(|m| m.is(value(options), "include_usage")) {
         Some(m) if &value(options)[m.value.clone()] == b"true" => None,
@@ -35,6 +41,13 @@ pub fn add_include_usage(body: &[u8]) -> Option<Vec<u8>> {
         None if inner.is_empty() => Some(splice(body, inner_open..inner_open, b"\"include_usage\":true")),
         None => Some(splice(body, inner_open..inner_open, b"\"include_usage\":true,")),
     }
+}
+
+/// A body another parser could read differently is left alone: a key written with escapes (it
+/// may spell one of `names`), or one of `names` given twice (parsers differ on which one wins).
+fn ambiguous(buf: &[u8], members: &[Member], names: &[&str]) -> bool {
+    members.iter().any(|m| buf[m.key.clone()].contains(&b'\\'))
+        || names.iter().any(|n| members.iter().filter(|m| m.is(buf, n)).count() > 1)
 }
 
 fn splice(body: &[u8], range: std::ops::Range<usize>, with: &[u8]) -> Vec<u8> {
@@ -172,6 +185,9 @@ mod tests {
             r#"{"messages":[{"stream":true}]}"#,
             r#"{"stream":true"#,
             "not json",
+            r#"{"stream":true,"stream_options":null,"stream_options":{}}"#,
+            r#"{"stream":true,"stream_opt\u0069ons":{"include_usage":false}}"#,
+            r#"{"stream":true,"stream_options":{"include_usage":false,"include_usage":true}}"#,
         ] {
             assert_eq!(added(unchanged), None, "{unchanged}");
         }

@@ -2,10 +2,13 @@
 //!
 //! The include_usage rewrite must change one member of a request or a stream chunk and leave
 //! every other byte as the client or the provider wrote it, so it works on offsets rather than
-//! on a parsed and re-serialized value. Also home to the cheap prefilter test the scanner runs
-//! before parsing an event.
+//! on a parsed and re-serialized value. Also home to the scanner's prefilter (`Needle`), run on
+//! every event before it is parsed, and to the reading of a cut JSON array (`array_items`).
 
 use std::ops::Range;
+use std::sync::OnceLock;
+
+use memchr::memmem::Finder;
 
 /// One `"key": value` member of an object: the key's span (quotes included) and the value's.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -117,15 +120,70 @@ fn skip_value(buf: &[u8], i: usize) -> Option<usize> {
     }
 }
 
-/// Whether `"key"` appears followed (after optional whitespace and the colon) by an object.
-/// A cheap test run before parsing: it may say yes for a key nested anywhere, never no for a
-/// key that is there. A quoted key cannot appear inside a JSON string (its quotes would be
-/// escaped), so text content never matches.
-pub fn has_object_member(data: &[u8], quoted_key: &[u8]) -> bool {
-    memchr::memmem::find_iter(data, quoted_key).any(|at| {
-        let i = skip_ws(data, at + quoted_key.len());
-        data.get(i) == Some(&b':') && data.get(skip_ws(data, i + 1)) == Some(&b'{')
-    })
+/// Whether, from `i` on, optional whitespace, a colon and an object's opening brace follow.
+pub fn object_follows(data: &[u8], i: usize) -> bool {
+    let i = skip_ws(data, i);
+    data.get(i) == Some(&b':') && data.get(skip_ws(data, i + 1)) == Some(&b'{')
+}
+
+/// The spans of the complete items of a JSON array, up to where it is cut short (or ends).
+/// Nothing when `buf` does not start (after whitespace) with `[`.
+pub fn array_items(buf: &[u8]) -> Vec<Range<usize>> {
+    let mut items = Vec::new();
+    let mut i = skip_ws(buf, 0);
+    if buf.get(i) != Some(&b'[') {
+        return items;
+    }
+    i = skip_ws(buf, i + 1);
+    while let Some(end) = skip_value(buf, i) {
+        // A scalar at the cut end may be incomplete; only a delimiter proves it whole.
+        let next = skip_ws(buf, end);
+        if next >= buf.len() && !matches!(buf[i], b'{' | b'[' | b'"') {
+            break;
+        }
+        items.push(i..end);
+        match buf.get(next) {
+            Some(b',') => i = skip_ws(buf, next + 1),
+            _ => break,
+        }
+    }
+    items
+}
+
+/// A quoted key (or value) searched for in every event: the prefilter's test, its searcher built
+/// once. A quoted key cannot appear inside a JSON string (its quotes would be escaped there), so
+/// text content never matches; the test may say yes for a key nested anywhere, never no for one
+/// that is there.
+pub struct Needle {
+    quoted: &'static [u8],
+    finder: OnceLock<Finder<'static>>,
+}
+
+impl Needle {
+    pub const fn new(quoted: &'static [u8]) -> Needle {
+        Needle { quoted, finder: OnceLock::new() }
+    }
+
+    fn finder(&self) -> &Finder<'static> {
+        self.finder.get_or_init(|| Finder::new(self.quoted))
+    }
+
+    pub fn in_(&self, data: &[u8]) -> bool {
+        self.finder().find(data).is_some()
+    }
+
+    /// The needle followed (after optional whitespace and the colon) by an object, not `null`.
+    pub fn with_object(&self, data: &[u8]) -> bool {
+        let mut from = 0;
+        while let Some(at) = self.finder().find(&data[from..]) {
+            let after = from + at + self.quoted.len();
+            if object_follows(data, after) {
+                return true;
+            }
+            from = after;
+        }
+        false
+    }
 }
 
 #[cfg(test)]
@@ -168,9 +226,21 @@ mod tests {
     }
 
     #[test]
+    fn array_items_up_to_a_cut() {
+        let buf = b"[{\"a\": [1]}\r\n,{\"b\":\"]\"}\r\n,{\"c\":";
+        let items: Vec<&[u8]> = array_items(buf).into_iter().map(|r| &buf[r]).collect();
+        assert_eq!(items, vec![&b"{\"a\": [1]}"[..], b"{\"b\":\"]\"}"]);
+        assert_eq!(array_items(b"[1, 2]").len(), 2);
+        assert_eq!(array_items(b"[1, 2").len(), 1, "a number at the cut may be incomplete");
+        assert!(array_items(b"{}").is_empty());
+    }
+
+    #[test]
     fn prefilter_finds_object_values_only() {
-        assert!(has_object_member(br#"{"usage" : {"a":1}}"#, b"\"usage\""));
-        assert!(!has_object_member(br#"{"usage":null}"#, b"\"usage\""));
-        assert!(!has_object_member(br#"{"content":"say \"usage\": {"}"#, b"\"usage\""));
+        static USAGE: Needle = Needle::new(b"\"usage\"");
+        assert!(USAGE.with_object(br#"{"usage" : {"a":1}}"#));
+        assert!(USAGE.with_object(br#"{"x":{"usage":null},"usage":{}}"#));
+        assert!(!USAGE.with_object(br#"{"usage":null}"#));
+        assert!(!USAGE.with_object(br#"{"content":"say \"usage\": {"}"#));
     }
 }

@@ -2,7 +2,7 @@
 //!
 //! The relay writes each piece of a response to the client first and then hands it to a
 //! [`ResponseInspector`], which never delays a byte. Event streams are split into events
-//! (`sse`); a cheap prefilter (`json::has_object_member`) lets only the events that can carry
+//! (`sse`); a cheap prefilter (`json::Needle`) lets only the events that can carry
 //! usage, or content the record keeps, be parsed (simd-json). Other bodies are kept (bounded)
 //! and parsed once at their end. Each provider's file says where its wire format puts usage,
 //! text and tool calls, and how streamed usage merges: the result never depends on how the
@@ -32,6 +32,7 @@ pub mod json;
 mod openai;
 pub mod sse;
 
+use json::Needle;
 use sse::{parse_event, SseSplitter};
 
 /// Largest non-event-stream response body kept for parsing. Answers are far smaller; past this
@@ -322,9 +323,14 @@ impl ResponseInspector {
 }
 
 fn on_event(shape: Shape, caps: Caps, facts: &mut ResponseFacts, scratch: &mut Vec<u8>, raw: &[u8]) {
+    // The prefilter looks for quoted JSON keys and values, which only the data can hold: it runs
+    // on the raw event, before the fields are even split.
+    if !worth_parsing(shape, caps, facts, raw) {
+        return;
+    }
     let event = parse_event(raw);
     let data = &*event.data;
-    if data.is_empty() || data == b"[DONE]" || !worth_parsing(shape, caps, facts, data) {
+    if data.is_empty() || data == b"[DONE]" {
         return;
     }
     scratch.clear();
@@ -339,26 +345,38 @@ fn on_event(shape: Shape, caps: Caps, facts: &mut ResponseFacts, scratch: &mut V
     }
 }
 
-/// The prefilter: whether an event can carry usage or content the record keeps.
-fn worth_parsing(shape: Shape, caps: Caps, facts: &ResponseFacts, data: &[u8]) -> bool {
-    let has = |needle: &[u8]| memchr::memmem::find(data, needle).is_some();
+static USAGE: Needle = Needle::new(b"\"usage\"");
+static TOOL_CALLS: Needle = Needle::new(b"\"tool_calls\"");
+static CONTENT: Needle = Needle::new(b"\"content\"");
+static OUTPUT_ITEM_DONE: Needle = Needle::new(b"\"response.output_item.done\"");
+static OUTPUT_TEXT_DELTA: Needle = Needle::new(b"\"response.output_text.delta\"");
+static MESSAGE_START: Needle = Needle::new(b"\"message_start\"");
+static BLOCK_START: Needle = Needle::new(b"\"content_block_start\"");
+static INPUT_JSON_DELTA: Needle = Needle::new(b"\"input_json_delta\"");
+static TEXT_DELTA: Needle = Needle::new(b"\"text_delta\"");
+
+/// The prefilter: whether an event can carry usage, the model, or content the record keeps.
+/// It may let through an event that holds nothing of use, never hold back one that does.
+fn worth_parsing(shape: Shape, caps: Caps, facts: &ResponseFacts, raw: &[u8]) -> bool {
+    let want_text = caps.content && !facts.text_full(caps);
     match shape {
         Shape::Chat => {
-            json::has_object_member(data, b"\"usage\"")
-                || (caps.content && (!facts.text_full(caps) || has(b"\"tool_calls\"")))
+            USAGE.with_object(raw)
+                || facts.model.is_none()
+                || (want_text && CONTENT.in_(raw))
+                || (caps.content && TOOL_CALLS.in_(raw))
         }
         Shape::Responses => {
-            json::has_object_member(data, b"\"usage\"")
-                || (caps.content
-                    && (has(b"\"response.output_item.done\"")
-                        || (!facts.text_full(caps) && has(b"\"response.output_text.delta\""))))
+            USAGE.with_object(raw)
+                || (caps.content && OUTPUT_ITEM_DONE.in_(raw))
+                || (want_text && OUTPUT_TEXT_DELTA.in_(raw))
         }
+        // `message_start` names the model (and may carry no usage at all).
         Shape::Messages => {
-            json::has_object_member(data, b"\"usage\"")
-                || (caps.content
-                    && (has(b"\"tool_use\"")
-                        || has(b"\"input_json_delta\"")
-                        || (!facts.text_full(caps) && has(b"\"text_delta\""))))
+            USAGE.with_object(raw)
+                || MESSAGE_START.in_(raw)
+                || (caps.content && (BLOCK_START.in_(raw) || INPUT_JSON_DELTA.in_(raw)))
+                || (want_text && TEXT_DELTA.in_(raw))
         }
         // Every Gemini chunk carries its usage so far.
         Shape::Gemini => true,
@@ -367,18 +385,50 @@ fn worth_parsing(shape: Shape, caps: Caps, facts: &ResponseFacts, data: &[u8]) -
 }
 
 fn read_whole(shape: Shape, caps: Caps, facts: &mut ResponseFacts, body: &mut [u8]) {
-    let Ok(value) = simd_json::to_borrowed_value(body) else { return };
+    // simd-json parses in place and a failed parse may leave the buffer changed: a Gemini body,
+    // which may be a cut array worth reading item by item, is parsed from a copy.
+    if shape == Shape::Gemini {
+        let mut copy = body.to_vec();
+        let whole = match simd_json::to_borrowed_value(&mut copy) {
+            Ok(value) => {
+                read_value(shape, caps, facts, &value);
+                true
+            }
+            Err(_) => false,
+        };
+        if !whole {
+            read_cut(shape, caps, facts, body);
+        }
+    } else if let Ok(value) = simd_json::to_borrowed_value(body) {
+        read_value(shape, caps, facts, &value);
+    }
+}
+
+fn read_value(shape: Shape, caps: Caps, facts: &mut ResponseFacts, value: &BorrowedValue<'_>) {
     match shape {
-        Shape::Chat => openai::chat_body(&value, facts, caps),
-        Shape::Responses => openai::responses_object(&value, facts, caps),
-        Shape::Messages => anthropic::message(&value, facts, caps),
+        Shape::Chat => openai::chat_body(value, facts, caps),
+        Shape::Responses => openai::responses_object(value, facts, caps),
+        Shape::Messages => anthropic::message(value, facts, caps),
         // generateContent answers one object; streamGenerateContent without `alt=sse` answers a
         // JSON array of the same chunks.
         Shape::Gemini => match value.as_array() {
             Some(chunks) => chunks.iter().for_each(|c| google::chunk(c, facts, caps)),
-            None => google::chunk(&value, facts, caps),
+            None => google::chunk(value, facts, caps),
         },
         Shape::Opaque => {}
+    }
+}
+
+/// A body that does not parse whole: a Gemini array stream cut short still holds its complete
+/// chunks (and the usage so far); every other shape is one object, unreadable once cut.
+fn read_cut(shape: Shape, caps: Caps, facts: &mut ResponseFacts, body: &mut [u8]) {
+    if shape != Shape::Gemini {
+        return;
+    }
+    for item in json::array_items(body) {
+        if let Ok(chunk) = simd_json::to_borrowed_value(&mut body[item]) {
+            google::chunk(&chunk, facts, caps);
+        }
     }
 }
 

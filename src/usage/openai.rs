@@ -106,8 +106,10 @@ pub(super) fn responses_event(v: &BorrowedValue<'_>, facts: &mut ResponseFacts, 
     match kind {
         "response.completed" | "response.incomplete" | "response.failed" => {
             if let Some(response) = v.get("response") {
-                // The terminal event repeats the whole output: it replaces what the deltas built.
-                if caps.content {
+                // The terminal event repeats the whole output: it replaces what the deltas built
+                // (unless it has none, as a failed response may).
+                let has_output = response.get("output").and_then(|o| o.as_array()).is_some_and(|o| !o.is_empty());
+                if caps.content && has_output {
                     facts.text.clear();
                     facts.text_truncated = false;
                     facts.tool_calls.clear();
