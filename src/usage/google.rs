@@ -31,10 +31,19 @@ pub(super) fn usage(raw: &serde_json::Value) -> Usage {
     .with_total(count(raw, "/totalTokenCount"))
 }
 
-/// One response chunk (or the whole non-streamed response).
-pub(super) fn chunk(v: &BorrowedValue<'_>, facts: &mut ResponseFacts, caps: Caps) {
+/// A chunk's usage so far, which replaces any earlier one whole.
+pub(super) fn chunk_usage(v: &BorrowedValue<'_>, facts: &mut ResponseFacts) {
     if let Some(u) = v.get("usageMetadata").filter(|u| u.is_object()) {
         facts.replace_usage(u);
+    }
+    facts.note_model(v.get("modelVersion"));
+}
+
+/// One response chunk (or the whole non-streamed response); `usage`: read its usage too (event
+/// streams read only their last chunk's, once, at the end).
+pub(super) fn chunk(v: &BorrowedValue<'_>, facts: &mut ResponseFacts, caps: Caps, usage: bool) {
+    if usage {
+        chunk_usage(v, facts);
     }
     facts.note_model(v.get("modelVersion"));
     if !caps.content {

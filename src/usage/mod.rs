@@ -265,6 +265,9 @@ pub struct ResponseInspector {
     facts: ResponseFacts,
     /// simd-json parses in place: an event's data is copied here first.
     scratch: Vec<u8>,
+    /// Gemini: the last event that carried usage, parsed once at the end (every chunk carries
+    /// the usage so far, and only the last counts).
+    last_usage_event: Vec<u8>,
 }
 
 enum Reader {
@@ -280,7 +283,14 @@ impl ResponseInspector {
         } else {
             Reader::Whole { body: Vec::new(), over: false }
         };
-        ResponseInspector { shape, caps, reader, facts: ResponseFacts::default(), scratch: Vec::new() }
+        ResponseInspector {
+            shape,
+            caps,
+            reader,
+            facts: ResponseFacts::default(),
+            scratch: Vec::new(),
+            last_usage_event: Vec::new(),
+        }
     }
 
     /// The next piece of the response body as the client received it.
@@ -288,9 +298,11 @@ impl ResponseInspector {
         if self.shape == Shape::Opaque {
             return;
         }
-        let ResponseInspector { shape, caps, reader, facts, scratch } = self;
+        let ResponseInspector { shape, caps, reader, facts, scratch, last_usage_event } = self;
         match reader {
-            Reader::Events(splitter) => splitter.feed(piece, &mut |raw| on_event(*shape, *caps, facts, scratch, raw)),
+            Reader::Events(splitter) => {
+                splitter.feed(piece, &mut |raw| on_event(*shape, *caps, facts, scratch, last_usage_event, raw))
+            }
             Reader::Whole { body, over } => {
                 if *over || body.len() + piece.len() > MAX_WHOLE_BODY {
                     *over = true;
@@ -304,11 +316,18 @@ impl ResponseInspector {
 
     /// The body ended (completely or not): what was read.
     pub fn finish(mut self) -> ResponseFacts {
-        let ResponseInspector { shape, caps, reader, facts, scratch } = &mut self;
+        let ResponseInspector { shape, caps, reader, facts, scratch, last_usage_event } = &mut self;
         match reader {
             Reader::Events(splitter) => {
-                splitter.finish(&mut |raw| on_event(*shape, *caps, facts, scratch, raw));
+                splitter.finish(&mut |raw| on_event(*shape, *caps, facts, scratch, last_usage_event, raw));
                 facts.skipped += splitter.oversized;
+                if !last_usage_event.is_empty() {
+                    scratch.clear();
+                    scratch.extend_from_slice(&parse_event(last_usage_event).data);
+                    if let Ok(value) = simd_json::to_borrowed_value(scratch) {
+                        google::chunk_usage(&value, facts);
+                    }
+                }
             }
             Reader::Whole { body, over } => {
                 if *over {
@@ -322,7 +341,18 @@ impl ResponseInspector {
     }
 }
 
-fn on_event(shape: Shape, caps: Caps, facts: &mut ResponseFacts, scratch: &mut Vec<u8>, raw: &[u8]) {
+fn on_event(
+    shape: Shape,
+    caps: Caps,
+    facts: &mut ResponseFacts,
+    scratch: &mut Vec<u8>,
+    last_usage_event: &mut Vec<u8>,
+    raw: &[u8],
+) {
+    if shape == Shape::Gemini && USAGE_METADATA.in_(raw) {
+        last_usage_event.clear();
+        last_usage_event.extend_from_slice(raw);
+    }
     // The prefilter looks for quoted JSON keys and values, which only the data can hold: it runs
     // on the raw event, before the fields are even split.
     if !worth_parsing(shape, caps, facts, raw) {
@@ -340,7 +370,7 @@ fn on_event(shape: Shape, caps: Caps, facts: &mut ResponseFacts, scratch: &mut V
         Shape::Chat => openai::chat_chunk(&value, facts, caps),
         Shape::Responses => openai::responses_event(&value, facts, caps),
         Shape::Messages => anthropic::event(&value, facts, caps),
-        Shape::Gemini => google::chunk(&value, facts, caps),
+        Shape::Gemini => google::chunk(&value, facts, caps, false),
         Shape::Opaque => {}
     }
 }
@@ -354,6 +384,9 @@ static MESSAGE_START: Needle = Needle::new(b"\"message_start\"");
 static BLOCK_START: Needle = Needle::new(b"\"content_block_start\"");
 static INPUT_JSON_DELTA: Needle = Needle::new(b"\"input_json_delta\"");
 static TEXT_DELTA: Needle = Needle::new(b"\"text_delta\"");
+static USAGE_METADATA: Needle = Needle::new(b"\"usageMetadata\"");
+static TEXT: Needle = Needle::new(b"\"text\"");
+static FUNCTION_CALL: Needle = Needle::new(b"\"functionCall\"");
 
 /// The prefilter: whether an event can carry usage, the model, or content the record keeps.
 /// It may let through an event that holds nothing of use, never hold back one that does.
@@ -378,8 +411,10 @@ fn worth_parsing(shape: Shape, caps: Caps, facts: &ResponseFacts, raw: &[u8]) ->
                 || (caps.content && (BLOCK_START.in_(raw) || INPUT_JSON_DELTA.in_(raw)))
                 || (want_text && TEXT_DELTA.in_(raw))
         }
-        // Every Gemini chunk carries its usage so far.
-        Shape::Gemini => true,
+        // Usage: see `last_usage_event`. The first chunk names the model.
+        Shape::Gemini => {
+            facts.model.is_none() || (want_text && TEXT.in_(raw)) || (caps.content && FUNCTION_CALL.in_(raw))
+        }
         Shape::Opaque => false,
     }
 }
@@ -412,8 +447,8 @@ fn read_value(shape: Shape, caps: Caps, facts: &mut ResponseFacts, value: &Borro
         // generateContent answers one object; streamGenerateContent without `alt=sse` answers a
         // JSON array of the same chunks.
         Shape::Gemini => match value.as_array() {
-            Some(chunks) => chunks.iter().for_each(|c| google::chunk(c, facts, caps)),
-            None => google::chunk(value, facts, caps),
+            Some(chunks) => chunks.iter().for_each(|c| google::chunk(c, facts, caps, true)),
+            None => google::chunk(value, facts, caps, true),
         },
         Shape::Opaque => {}
     }
@@ -427,7 +462,7 @@ fn read_cut(shape: Shape, caps: Caps, facts: &mut ResponseFacts, body: &mut [u8]
     }
     for item in json::array_items(body) {
         if let Ok(chunk) = simd_json::to_borrowed_value(&mut body[item]) {
-            google::chunk(&chunk, facts, caps);
+            google::chunk(&chunk, facts, caps, true);
         }
     }
 }
