@@ -1426,8 +1426,9 @@ fn openai_chat(ask: &Ask, seq: u64) -> Reply {
         return json_reply(200, Provider::OpenAi, seq, JSON, restyle(&body, Style::Pretty));
     }
 
+    // Like OpenAI, chunks carry a `usage` member (null until the last) only when it was asked for.
     let event = |choices: String, usage: String| {
-        let chunk = obj(&[
+        let mut fields = vec![
             ("id", q(&id)),
             ("object", q("chat.completion.chunk")),
             ("created", n(created)),
@@ -1435,9 +1436,11 @@ fn openai_chat(ask: &Ask, seq: u64) -> Reply {
             ("service_tier", q("default")),
             ("system_fingerprint", q("fp_mock")),
             ("choices", choices),
-            ("usage", usage),
-        ]);
-        format!("data: {chunk}\n\n")
+        ];
+        if ask.include_usage {
+            fields.push(("usage", usage));
+        }
+        format!("data: {}\n\n", obj(&fields))
     };
     let choice = |delta: String, finish: String| {
         arr(&[obj(&[("index", n(0)), ("delta", delta), ("logprobs", raw("null")), ("finish_reason", finish)])])

@@ -302,8 +302,15 @@ def check_upstream(
     assert up.method == sent.method == "POST"
     assert up.target == path, f"upstream path+query: want {path!r}, got {up.target!r}"
 
-    # Body arrived byte-identical.
-    assert up.body == sent.body, f"body changed in transit:\nsent {sent.body[:400]!r}\ngot  {up.body[:400]!r}"
+    # Body arrived byte-identical, but for the one documented rewrite: an OpenAI chat stream whose
+    # client did not ask for usage gets stream_options.include_usage added upstream.
+    rewritten = t.via_proxy and usage_added_upstream(path, sent.body)
+    if rewritten:
+        want = json.loads(sent.body)
+        want["stream_options"] = {**(want.get("stream_options") or {}), "include_usage": True}
+        assert json.loads(up.body) == want, f"include_usage rewrite: sent {sent.body[:400]!r}, got {up.body[:400]!r}"
+    else:
+        assert up.body == sent.body, f"body changed in transit:\nsent {sent.body[:400]!r}\ngot  {up.body[:400]!r}"
     body = json.loads(up.body)
     if model is not None:
         assert body.get("model") == model
@@ -330,10 +337,20 @@ def check_upstream(
             ln = n.lower()
             if ln in HOP_BY_HOP or ln.startswith("x-kurral-") or v.strip().startswith("kr_"):
                 continue
+            if rewritten and ln == "content-length":
+                continue
             assert v in up.header_values(ln), (
                 f"SDK header {n}: {v!r} not forwarded unchanged (upstream has {up.header_values(ln)!r})"
             )
     return up
+
+
+def usage_added_upstream(path: str, body: bytes) -> bool:
+    """Whether the proxy adds stream_options.include_usage to this request."""
+    if path != "/v1/chat/completions":
+        return False
+    req = json.loads(body)
+    return req.get("stream") is True and (req.get("stream_options") or {}).get("include_usage") is not True
 
 
 def check_response_headers(
@@ -360,9 +377,9 @@ def check_response_headers(
     return rid
 
 
-# Usage, content by retention and tool capture arrive with the billing-grade capture work; until
-# then records carry none of those fields, and the checks below assert exactly that.
-USAGE_AND_CONTENT_CAPTURED = False
+# Records carry usage, content by retention and tool calls; switched off, the checks below assert
+# that records carry none of those fields.
+USAGE_AND_CONTENT_CAPTURED = True
 
 
 def _usage_triplet(u: Any) -> Tuple[Any, Any, Any]:
@@ -532,7 +549,8 @@ def test_openai_chat_stream(target: Target):
     verify(
         target, wire, mark, raw.headers,
         provider="openai", path="/v1/chat/completions", cred=openai_cred(), model=OPENAI_MODEL,
-        endpoint="chat.completions", stream=True, usage=None,
+        # The proxy asked the upstream for the usage the client did not ask for (and hid it).
+        endpoint="chat.completions", stream=True, usage=U_CHAT,
     )
 
 

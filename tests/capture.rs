@@ -1,0 +1,399 @@
+//! End to end through the proxy and the mock upstream: the usage, cost, content and tool calls a
+//! record keeps, for every provider and endpoint, streamed and not; the include_usage rewrite
+//! being invisible to the client; partial usage when a stream is cut or abandoned; no provider
+//! credential in any record at any retention level.
+
+mod common;
+
+use std::net::SocketAddr;
+
+use common::client::{request, send, Conn};
+use common::harness::{Proxy, ANTHROPIC_KEY, GOOGLE_KEY, OPENAI_KEY};
+use common::mock_upstream::{tokens, MockUpstream, TEXT, TOOL_ARGS};
+use kurral_proxy::capture::{CallRecord, Outcome};
+use kurral_proxy::usage::Usage;
+
+const CHAT: &str = "/api/proxy/openai/v1/chat/completions";
+const RESPONSES: &str = "/api/proxy/openai/v1/responses";
+const MESSAGES: &str = "/api/proxy/anthropic/v1/messages";
+const GEMINI: &str = "/api/proxy/google/v1beta/models/gemini-2.5-flash";
+
+fn openai_usage() -> Usage {
+    Usage {
+        input_tokens: Some(tokens::INPUT),
+        output_tokens: Some(tokens::OUTPUT),
+        total_tokens: Some(tokens::TOTAL),
+        cache_read_tokens: Some(tokens::CACHED),
+        cache_write_tokens: None,
+        cache_write_1h_tokens: None,
+        reasoning_tokens: Some(tokens::REASONING),
+    }
+}
+
+/// Anthropic counts cache reads and writes apart from `input_tokens`; normalized input has them.
+fn anthropic_usage() -> Usage {
+    let input = tokens::INPUT + tokens::CACHED + tokens::CACHE_WRITE;
+    Usage {
+        input_tokens: Some(input),
+        output_tokens: Some(tokens::OUTPUT),
+        total_tokens: Some(input + tokens::OUTPUT),
+        cache_read_tokens: Some(tokens::CACHED),
+        cache_write_tokens: Some(tokens::CACHE_WRITE),
+        cache_write_1h_tokens: Some(tokens::CACHE_WRITE_1H),
+        reasoning_tokens: None,
+    }
+}
+
+fn gemini_usage() -> Usage {
+    Usage {
+        input_tokens: Some(tokens::INPUT),
+        output_tokens: Some(tokens::OUTPUT),
+        total_tokens: Some(tokens::TOTAL),
+        ..Usage::default()
+    }
+}
+
+// Costs computed by hand from pricing.json's rates (USD per million tokens).
+/// gpt-4o-mini: 18 uncached × 0.15 + 5 cached × 0.075 + 7 output × 0.60.
+const GPT_4O_MINI_COST: &str = "0.000007275";
+/// claude-sonnet-4: 23 × 3 + 5 reads × 0.30 + 8 5m-writes × 3.75 + 3 1h-writes × 6 + 7 × 15.
+const SONNET_4_COST: &str = "0.0002235";
+/// gemini-2.5-flash: 23 × 0.30 + 7 × 2.50.
+const GEMINI_FLASH_COST: &str = "0.0000244";
+
+struct Call<'a> {
+    path: &'a str,
+    body: &'a str,
+    extra: Vec<(&'a str, &'a str)>,
+}
+
+fn provider_auth(path: &str) -> (&'static str, String) {
+    if path.contains("/anthropic/") {
+        ("x-api-key", ANTHROPIC_KEY.to_string())
+    } else if path.contains("/google/") {
+        ("x-goog-api-key", GOOGLE_KEY.to_string())
+    } else {
+        ("Authorization", format!("Bearer {OPENAI_KEY}"))
+    }
+}
+
+fn call(proxy: &Proxy, c: &Call<'_>) -> common::client::Response {
+    let (auth_name, auth_value) = provider_auth(c.path);
+    let mut fields = proxy.kurral("capture-agent");
+    fields.push((auth_name, &auth_value));
+    fields.extend(c.extra.iter().copied());
+    send(proxy.addr, &request("POST", c.path, &fields, c.body.as_bytes()))
+}
+
+/// Makes one call through a fresh proxy and returns the response and its record.
+fn one(c: Call<'_>) -> (common::client::Response, CallRecord) {
+    let mock = MockUpstream::start_plain();
+    let mut proxy = Proxy::start(&mock, |_| {});
+    let resp = call(&proxy, &c);
+    let mut records = proxy.stop_and_records();
+    assert_eq!(records.len(), 1);
+    (resp, records.remove(0))
+}
+
+fn cost(rec: &CallRecord) -> String {
+    rec.cost.as_ref().expect("priced").total.to_string()
+}
+
+#[test]
+fn openai_chat_usage_and_cost_streamed_and_not() {
+    let (resp, rec) = one(Call {
+        path: CHAT,
+        body: r#"{"model":"gpt-4o-mini","messages":[{"role":"user","content":"hi"}]}"#,
+        extra: vec![],
+    });
+    assert_eq!(resp.status, 200);
+    assert_eq!(rec.usage, Some(openai_usage()));
+    assert_eq!(cost(&rec), GPT_4O_MINI_COST);
+    assert!((rec.cost_usd.unwrap() - 7.275e-6).abs() < 1e-15);
+    assert_eq!(rec.usage_raw.as_ref().unwrap()["prompt_tokens_details"]["cached_tokens"], tokens::CACHED);
+    assert_eq!(rec.cost.as_ref().unwrap().pricing_version, kurral_proxy::pricing::PriceTable::builtin().version());
+
+    // The client asked for usage: the stream passes untouched and the usage is read from it.
+    let asked = r#"{"model":"gpt-4o-mini","stream":true,"stream_options":{"include_usage":true},"messages":[]}"#;
+    let (resp, rec) = one(Call { path: CHAT, body: asked, extra: vec![] });
+    assert!(resp.text().contains("\"choices\":[],\"usage\":{"), "the client gets the usage it asked for");
+    assert!(!rec.stream_usage_added);
+    assert_eq!(rec.usage, Some(openai_usage()));
+    assert_eq!(cost(&rec), GPT_4O_MINI_COST);
+    assert!(rec.stream && rec.ttft_ms.is_some());
+}
+
+/// Normalizes what differs between two answers of the mock: ids and timestamps.
+fn normalize_ids(text: &str) -> String {
+    let mut out = String::new();
+    let mut rest = text;
+    while let Some(i) = rest.find("\"created\":") {
+        out.push_str(&rest[..i + 10]);
+        rest = rest[i + 10..].trim_start_matches(|c: char| c.is_ascii_digit());
+        out.push('0');
+    }
+    out.push_str(rest);
+    let mut s = out;
+    while let Some(i) = s.find("chatcmpl-mock") {
+        let end = s[i + 13..].find('"').map_or(s.len(), |j| i + 13 + j);
+        s.replace_range(i..end, "chatcmpl-X");
+    }
+    s
+}
+
+#[test]
+fn include_usage_rewrite_is_invisible_to_the_client() {
+    let mock = MockUpstream::start_plain();
+    let mut proxy = Proxy::start(&mock, |_| {});
+    for body in [
+        r#"{"model":"gpt-4o-mini","stream":true,"messages":[{"role":"user","content":"hi"}]}"#,
+        r#"{"model":"gpt-4o-mini","stream":true,"stream_options":null,"messages":[]}"#,
+        r#"{"model":"gpt-4o-mini","stream":true,"messages":[],"tools":[{"type":"function","function":{"name":"get_weather"}}]}"#,
+    ] {
+        // What the upstream sends this client when nobody rewrites its request.
+        let auth = format!("Bearer {OPENAI_KEY}");
+        let direct =
+            send(mock.addr(), &request("POST", "/v1/chat/completions", &[("Authorization", &auth)], body.as_bytes()));
+        assert!(!direct.text().contains("usage"), "the mock, like OpenAI, sends no usage unasked");
+        let through = call(&proxy, &Call { path: CHAT, body, extra: vec![] });
+        assert_eq!(through.status, 200);
+        assert!(through.complete, "the re-chunked stream ends cleanly");
+        assert_eq!(normalize_ids(&through.text()), normalize_ids(&direct.text()), "{body}");
+        let forwarded = mock.received().last().unwrap().body_json();
+        assert_eq!(forwarded["stream_options"]["include_usage"], true, "the upstream was asked for usage");
+    }
+    let records = proxy.stop_and_records();
+    assert_eq!(records.len(), 3);
+    for rec in &records {
+        assert!(rec.stream_usage_added);
+        assert_eq!(rec.usage, Some(openai_usage()));
+        assert_eq!(cost(rec), GPT_4O_MINI_COST);
+    }
+    assert_eq!(records[2].tools.as_ref().unwrap()["calls"][0]["arguments"], TOOL_ARGS);
+}
+
+#[test]
+fn include_usage_rewrite_can_be_switched_off() {
+    let mock = MockUpstream::start_plain();
+    let mut proxy = Proxy::start(&mock, |c| c.capture.openai_stream_usage = false);
+    let body = r#"{"model":"gpt-4o-mini","stream":true,"messages":[]}"#;
+    let resp = call(&proxy, &Call { path: CHAT, body, extra: vec![] });
+    assert_eq!(resp.status, 200);
+    assert_eq!(mock.received()[0].body, body.as_bytes(), "relayed byte for byte");
+    let rec = &proxy.stop_and_records()[0];
+    assert!(!rec.stream_usage_added);
+    assert_eq!(rec.usage, None, "OpenAI sends no usage unasked: none is made up");
+    assert_eq!(rec.cost_usd, None);
+}
+
+#[test]
+fn openai_responses_usage_streamed_and_not() {
+    for stream in [false, true] {
+        let body = format!(r#"{{"model":"gpt-4o-mini","input":"hi","stream":{stream}}}"#);
+        let (resp, rec) = one(Call { path: RESPONSES, body: &body, extra: vec![] });
+        assert_eq!(resp.status, 200);
+        assert_eq!(rec.usage, Some(openai_usage()), "stream: {stream}");
+        assert_eq!(cost(&rec), GPT_4O_MINI_COST);
+        assert_eq!(rec.response.as_ref().unwrap()["summary"], TEXT);
+        assert_eq!(rec.request.as_ref().unwrap()["summary"], "hi");
+    }
+}
+
+#[test]
+fn anthropic_usage_with_cache_writes_streamed_and_not() {
+    for stream in [false, true] {
+        let body = format!(
+            r#"{{"model":"claude-sonnet-4-20250514","max_tokens":10,"stream":{stream},"messages":[{{"role":"user","content":"hi"}}]}}"#
+        );
+        let (resp, rec) = one(Call { path: MESSAGES, body: &body, extra: vec![] });
+        assert_eq!(resp.status, 200);
+        assert_eq!(rec.usage, Some(anthropic_usage()), "stream: {stream}");
+        assert_eq!(cost(&rec), SONNET_4_COST, "stream: {stream}");
+        assert_eq!(rec.usage_raw.as_ref().unwrap()["output_tokens"], tokens::OUTPUT, "latest wins, never summed");
+        assert_eq!(rec.response.as_ref().unwrap()["summary"], TEXT);
+    }
+}
+
+#[test]
+fn gemini_usage_in_every_form() {
+    for (suffix, stream) in
+        [(":generateContent", false), (":streamGenerateContent?alt=sse", true), (":streamGenerateContent", true)]
+    {
+        let path = format!("{GEMINI}{suffix}");
+        let body = r#"{"contents":[{"role":"user","parts":[{"text":"hi"}]}]}"#;
+        let (resp, rec) = one(Call { path: &path, body, extra: vec![] });
+        assert_eq!(resp.status, 200, "{suffix}");
+        assert_eq!(rec.model.as_deref(), Some("gemini-2.5-flash"));
+        assert_eq!(rec.stream, stream);
+        assert_eq!(rec.usage, Some(gemini_usage()), "{suffix}: the last usageMetadata wins");
+        assert_eq!(cost(&rec), GEMINI_FLASH_COST, "{suffix}");
+        assert_eq!(rec.response.as_ref().unwrap()["summary"], TEXT, "{suffix}");
+    }
+}
+
+#[test]
+fn tool_calls_and_results_for_every_provider() {
+    let chat = r#"{"model":"gpt-4o-mini","stream":true,"messages":[{"role":"user","content":"weather?"},
+        {"role":"assistant","tool_calls":[{"id":"call_0","type":"function","function":{"name":"get_weather","arguments":"{}"}}]},
+        {"role":"tool","tool_call_id":"call_0","content":"rainy"}],
+        "tools":[{"type":"function","function":{"name":"get_weather","parameters":{"type":"object"}}}]}"#;
+    let messages = r#"{"model":"claude-sonnet-4-5","max_tokens":9,"stream":true,"messages":[{"role":"user","content":"weather?"},
+        {"role":"assistant","content":[{"type":"tool_use","id":"toolu_0","name":"get_weather","input":{}}]},
+        {"role":"user","content":[{"type":"tool_result","tool_use_id":"toolu_0","content":"rainy"}]}],
+        "tools":[{"name":"get_weather","input_schema":{"type":"object"}}]}"#;
+    let gemini = r#"{"contents":[{"role":"user","parts":[{"text":"weather?"}]},
+        {"role":"model","parts":[{"functionCall":{"name":"get_weather","args":{}}}]},
+        {"role":"user","parts":[{"functionResponse":{"name":"get_weather","response":{"sky":"rainy"}}}]}],
+        "tools":[{"functionDeclarations":[{"name":"get_weather","parameters":{"type":"OBJECT"}}]}]}"#;
+    let responses = r#"{"model":"gpt-4o-mini","stream":true,"input":[{"role":"user","content":"weather?"},
+        {"type":"function_call","call_id":"call_0","name":"get_weather","arguments":"{}"},
+        {"type":"function_call_output","call_id":"call_0","output":"rainy"}],
+        "tools":[{"type":"function","name":"get_weather","parameters":{"type":"object"}}]}"#;
+    let gemini_path = format!("{GEMINI}:streamGenerateContent?alt=sse");
+    for (path, body, result_id, call_id) in [
+        (CHAT, chat, "call_0", Some("call_1")),
+        (RESPONSES, responses, "call_0", Some("call_1")),
+        (MESSAGES, messages, "toolu_0", Some("toolu_1")),
+        (gemini_path.as_str(), gemini, "get_weather", None),
+    ] {
+        for retention in ["metadata", "full"] {
+            let (resp, rec) = one(Call { path, body, extra: vec![("x-kurral-retention", retention)] });
+            assert_eq!(resp.status, 200, "{path}");
+            let tools = rec.tools.as_ref().unwrap_or_else(|| panic!("{path}: no tools"));
+            assert_eq!(tools["defined"], serde_json::json!(["get_weather"]), "{path}");
+            let calls = tools["calls"].as_array().unwrap();
+            assert_eq!(calls.len(), 1, "{path}: {tools}");
+            assert_eq!(calls[0]["name"], "get_weather", "{path}");
+            assert_eq!(calls[0]["id"].as_str(), call_id, "{path}");
+            let args: serde_json::Value = serde_json::from_str(calls[0]["arguments"].as_str().unwrap()).unwrap();
+            assert_eq!(args, serde_json::json!({"city": "Paris"}), "{path}: arguments assembled from fragments");
+            assert_eq!(tools["results"][0]["tool_call_id"], result_id, "{path}");
+            assert!(tools["results"][0]["content"].as_str().unwrap().contains("rainy"), "{path}");
+            assert_eq!(tools.get("schemas").is_some(), retention == "full", "{path}: schemas only under full");
+        }
+    }
+}
+
+fn records_text(records: &[CallRecord]) -> String {
+    records.iter().map(|r| serde_json::to_string(r).unwrap()).collect::<Vec<_>>().join("\n")
+}
+
+#[test]
+fn content_by_retention_and_no_credential_anywhere() {
+    let mock = MockUpstream::start_plain();
+    let mut proxy = Proxy::start(&mock, |c| c.capture.max_content_bytes = 64);
+    let long_question = format!("tell me {}", "more ".repeat(40));
+    let chat = format!(r#"{{"model":"gpt-4o-mini","messages":[{{"role":"user","content":"{long_question}"}}]}}"#);
+    let gemini_key_path = format!("{GEMINI}:generateContent?key={GOOGLE_KEY}");
+    for retention in ["none", "metadata", "full"] {
+        call(&proxy, &Call { path: CHAT, body: &chat, extra: vec![("x-kurral-retention", retention)] });
+        let body = r#"{"model":"claude-sonnet-4-5","max_tokens":5,"messages":[{"role":"user","content":"hi"}]}"#;
+        call(&proxy, &Call { path: MESSAGES, body, extra: vec![("x-kurral-retention", retention)] });
+        call(
+            &proxy,
+            &Call {
+                path: &gemini_key_path,
+                body: r#"{"contents":[]}"#,
+                extra: vec![("x-kurral-retention", retention)],
+            },
+        );
+    }
+    let records = proxy.stop_and_records();
+    assert_eq!(records.len(), 9);
+    for rec in &records[..3] {
+        assert!(rec.request.is_none() && rec.response.is_none() && rec.tools.is_none(), "none keeps no content");
+        assert!(rec.usage.is_some(), "none still keeps usage");
+    }
+    let meta = &records[3];
+    let summary = meta.request.as_ref().unwrap()["summary"].as_str().unwrap();
+    assert!(summary.starts_with("tell me more") && summary.len() <= 256);
+    assert_eq!(meta.response.as_ref().unwrap()["summary"], TEXT);
+    let full = &records[6];
+    let kept = full.request.as_ref().unwrap();
+    assert_eq!(kept["truncated"], true, "the body is over the 64-byte cap");
+    assert_eq!(kept["body"].as_str().unwrap(), &chat[..64]);
+    assert_eq!(full.response.as_ref().unwrap()["truncated"], true);
+    let all = records_text(&records);
+    for secret in [OPENAI_KEY, ANTHROPIC_KEY, GOOGLE_KEY, proxy.key.as_str()] {
+        assert!(!all.contains(secret), "a credential reached a record");
+    }
+}
+
+fn stream_fields<'a>(proxy: &'a Proxy, auth: &'a (&'static str, String)) -> Vec<(&'a str, &'a str)> {
+    let mut fields = proxy.kurral("partial-agent");
+    fields.push((auth.0, auth.1.as_str()));
+    fields
+}
+
+#[test]
+fn a_stream_cut_by_the_upstream_keeps_the_usage_seen() {
+    let mock = MockUpstream::start_plain();
+    let mut proxy = Proxy::start(&mock, |_| {});
+    let auth = provider_auth(MESSAGES);
+    let mut fields = stream_fields(&proxy, &auth);
+    // message_start (with input and cache counts) and the next event arrive, then the cut.
+    fields.push(("x-mock-cut", "2"));
+    let body = r#"{"model":"claude-sonnet-4-5","max_tokens":9,"stream":true,"messages":[]}"#;
+    let resp = send(proxy.addr, &request("POST", MESSAGES, &fields, body.as_bytes()));
+    assert!(!resp.complete, "the cut is visible to the client");
+    let rec = &proxy.stop_and_records()[0];
+    assert_eq!(rec.outcome, Outcome::UpstreamError);
+    let usage = rec.usage.expect("partial usage");
+    assert_eq!(usage.input_tokens, anthropic_usage().input_tokens);
+    assert_eq!(usage.output_tokens, Some(tokens::OUTPUT_AT_START), "only what was seen");
+    assert!(rec.cost_usd.is_some());
+}
+
+#[test]
+fn a_client_that_leaves_mid_stream_leaves_a_record_with_usage_so_far() {
+    let mock = MockUpstream::start_plain();
+    let mut proxy = Proxy::start(&mock, |_| {});
+    let auth = provider_auth(MESSAGES);
+    let mut fields = stream_fields(&proxy, &auth);
+    fields.push(("x-mock-hold", "1"));
+    let body = r#"{"model":"claude-sonnet-4-5","max_tokens":9,"stream":true,"messages":[]}"#;
+    let addr: SocketAddr = proxy.addr;
+    let mut conn = Conn::open(addr);
+    conn.send(&request("POST", MESSAGES, &fields, body.as_bytes()));
+    conn.read_until(b"message_start");
+    drop(conn);
+    mock.release();
+    let records = proxy.stop_and_records();
+    let rec = &records[0];
+    assert_eq!(rec.outcome, Outcome::ClientCancelled);
+    assert_eq!(rec.usage.and_then(|u| u.input_tokens), anthropic_usage().input_tokens);
+}
+
+#[test]
+fn an_unknown_model_has_no_cost_and_says_so() {
+    let (_, rec) = one(Call { path: CHAT, body: r#"{"model":"my-local-llama","messages":[]}"#, extra: vec![] });
+    assert_eq!(rec.usage, Some(openai_usage()));
+    assert_eq!(rec.cost_usd, None, "never a made-up 0");
+    assert!(rec.unpriced_model);
+}
+
+#[test]
+fn a_price_file_of_ones_own_is_used() {
+    let mock = MockUpstream::start_plain();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("prices.json");
+    std::fs::write(
+        &file,
+        r#"{"version":"team-2026-12","currency":"USD","unit":"per 1M tokens","providers":{"openai":{"models":{"my-local-llama":{"input":"1","output":"2"}}}}}"#,
+    )
+    .unwrap();
+    let mut proxy = Proxy::start(&mock, |c| c.capture.pricing_file = Some(file.clone()));
+    call(&proxy, &Call { path: CHAT, body: r#"{"model":"my-local-llama","messages":[]}"#, extra: vec![] });
+    let rec = &proxy.stop_and_records()[0];
+    let cost = rec.cost.as_ref().expect("priced by the team's file");
+    assert_eq!(cost.pricing_version, "team-2026-12");
+    // 23 input tokens (cached ones at the input rate: no cached price given) × 1 + 7 × 2.
+    assert_eq!(cost.total.to_string(), "0.000037");
+}
+
+#[test]
+fn every_call_shows_the_proxy_overhead() {
+    let (_, rec) = one(Call { path: CHAT, body: r#"{"model":"gpt-4o-mini","messages":[]}"#, extra: vec![] });
+    let overhead = rec.proxy_overhead_ms.expect("overhead recorded");
+    assert!(overhead >= 0.0 && overhead <= rec.latency_ms);
+}
