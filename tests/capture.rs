@@ -397,3 +397,66 @@ fn every_call_shows_the_proxy_overhead() {
     let overhead = rec.proxy_overhead_ms.expect("overhead recorded");
     assert!(overhead >= 0.0 && overhead <= rec.latency_ms);
 }
+
+/// The scanner conformance fixtures, served by a scripted upstream in small chunks and read
+/// through the proxy: the record has each fixture's expected usage, model, cost and tool calls.
+#[test]
+fn every_conformance_fixture_end_to_end() {
+    use common::raw_upstream::{header_value, RawUpstream, Script, Then};
+    use common::usage_fixtures::{fixtures_dir, load_cases};
+    use kurral_proxy::usage::Shape;
+
+    let upstream = RawUpstream::start(|request| {
+        let file = header_value(request, "x-fixture").expect("the test names its fixture");
+        let body = std::fs::read(fixtures_dir().join(&file)).expect("fixture");
+        let kind = if file.ends_with(".sse") { "text/event-stream" } else { "application/json" };
+        let mut out = format!(
+            "HTTP/1.1 200 OK\r\ncontent-type: {kind}\r\ntransfer-encoding: chunked\r\nconnection: close\r\n\r\n"
+        )
+        .into_bytes();
+        for piece in body.chunks(61) {
+            out.extend_from_slice(format!("{:x}\r\n", piece.len()).as_bytes());
+            out.extend_from_slice(piece);
+            out.extend_from_slice(b"\r\n");
+        }
+        out.extend_from_slice(b"0\r\n\r\n");
+        Script::reply(out, Then::Close)
+    });
+    let mock = MockUpstream::start_plain();
+    let url = kurral_proxy::upstream::UpstreamUrl::parse(&upstream.url()).unwrap();
+    let mut proxy = Proxy::start(&mock, |c| c.upstreams = [url.clone(), url.clone(), url]);
+    let cases = load_cases();
+    for case in &cases {
+        let path = match case.shape {
+            Shape::Chat => CHAT.to_string(),
+            Shape::Responses => RESPONSES.to_string(),
+            Shape::Messages => MESSAGES.to_string(),
+            _ => format!("{GEMINI}:streamGenerateContent"),
+        };
+        let body = format!(r#"{{"model":"{}","messages":[]}}"#, case.model.as_deref().unwrap_or("unknown"));
+        let resp = call(&proxy, &Call { path: &path, body: &body, extra: vec![("x-fixture", case.file.as_str())] });
+        assert_eq!(resp.status, 200, "{}", case.file);
+        assert_eq!(
+            resp.body,
+            std::fs::read(fixtures_dir().join(&case.file)).unwrap(),
+            "{}: relayed as sent",
+            case.file
+        );
+    }
+    let records = proxy.stop_and_records();
+    assert_eq!(records.len(), cases.len());
+    for (case, rec) in cases.iter().zip(&records) {
+        assert_eq!(rec.usage, case.usage, "{}: usage", case.file);
+        assert_eq!(rec.response_model, case.model, "{}: model", case.file);
+        let cost = rec.cost.as_ref().map(|c| c.total.to_string());
+        assert_eq!(cost, case.cost.as_ref().map(|c| c.0.clone()), "{}: cost", case.file);
+        let names: Vec<&str> = rec
+            .tools
+            .iter()
+            .flat_map(|t| t["calls"].as_array().unwrap())
+            .map(|c| c["name"].as_str().unwrap())
+            .collect();
+        let want: Vec<&str> = case.tool_calls.iter().map(|t| t.1.as_str()).collect();
+        assert_eq!(names, want, "{}: tool calls", case.file);
+    }
+}

@@ -5,3 +5,4 @@ pub mod client;
 pub mod harness;
 pub mod mock_upstream;
 pub mod raw_upstream;
+pub mod usage_fixtures;
