@@ -460,3 +460,32 @@ fn every_conformance_fixture_end_to_end() {
         assert_eq!(names, want, "{}: tool calls", case.file);
     }
 }
+
+#[test]
+fn include_usage_rewrite_whatever_the_upstream_framing() {
+    let mock = MockUpstream::start_plain();
+    let mut proxy = Proxy::start(&mock, |_| {});
+    let body = r#"{"model":"gpt-4o-mini","stream":true,"messages":[]}"#;
+    let auth = format!("Bearer {OPENAI_KEY}");
+    let direct =
+        send(mock.addr(), &request("POST", "/v1/chat/completions", &[("Authorization", &auth)], body.as_bytes()));
+    for framing in ["close", "length", "chunked"] {
+        let through = call(&proxy, &Call { path: CHAT, body, extra: vec![("x-mock-framing", framing)] });
+        assert_eq!(through.status, 200, "{framing}");
+        assert_eq!(through.header("transfer-encoding"), Some("chunked"), "{framing}: re-chunked");
+        assert!(through.header("content-length").is_none(), "{framing}: the length changed");
+        assert!(through.complete, "{framing}: ends with its last chunk");
+        assert_eq!(normalize_ids(&through.text()), normalize_ids(&direct.text()), "{framing}");
+    }
+    // An HTTP/1.0 client gets the filtered stream delimited by close.
+    let mut fields = proxy.kurral("capture-agent");
+    fields.push(("Authorization", &auth));
+    let mut raw = request("POST", CHAT, &fields, body.as_bytes());
+    let line_end = raw.iter().position(|&b| b == b'\n').unwrap();
+    raw.splice(line_end - 4..line_end - 1, b"1.0".iter().copied());
+    let old = send(proxy.addr, &raw);
+    assert_eq!(normalize_ids(&old.text()), normalize_ids(&direct.text()), "HTTP/1.0");
+    let records = proxy.stop_and_records();
+    assert_eq!(records.len(), 4);
+    assert!(records.iter().all(|r| r.usage == Some(openai_usage()) && r.outcome == Outcome::Ok));
+}

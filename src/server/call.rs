@@ -579,13 +579,12 @@ async fn relay_response_body(
         .map_err(|_| CallFailure::Respond(ProxyError::bad_gateway("invalid response body framing from upstream")))?;
     let mut overrun = n < buf.len();
     relay.encode(&buf, n, decoder.is_done(), &mut out);
-    let out = client
+    let mut out = client
         .write_all(out, write_timeout)
         .await
         .map_err(|_| CallFailure::ClientGone("client closed during the response"))?;
     call.head_relay = Some(head_read.elapsed());
     relay.written(&buf, call);
-    let mut out = out;
 
     while !decoder.is_done() {
         buf.clear();
@@ -628,6 +627,7 @@ async fn relay_response_body(
     if !relay.ended && framing != BodyFraming::AsUpstream {
         // A close-delimited upstream body ended: the filter's remainder and the last chunk.
         out.clear();
+        relay.payload.clear();
         relay.encode(&[], 0, true, &mut out);
         write_some(client, &mut out, write_timeout)
             .await
