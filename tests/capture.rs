@@ -351,12 +351,15 @@ fn a_client_that_leaves_mid_stream_leaves_a_record_with_usage_so_far() {
     let auth = provider_auth(MESSAGES);
     let mut fields = stream_fields(&proxy, &auth);
     fields.push(("x-mock-hold", "1"));
+    // The rest comes event by event, so the proxy writes again after the client has gone.
+    fields.push(("x-mock-delay-ms", "20"));
     let body = r#"{"model":"claude-sonnet-4-5","max_tokens":9,"stream":true,"messages":[]}"#;
     let addr: SocketAddr = proxy.addr;
     let mut conn = Conn::open(addr);
     conn.send(&request("POST", MESSAGES, &fields, body.as_bytes()));
     conn.read_until(b"message_start");
     drop(conn);
+    std::thread::sleep(std::time::Duration::from_millis(50));
     mock.release();
     let records = proxy.stop_and_records();
     let rec = &records[0];
