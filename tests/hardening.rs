@@ -59,6 +59,19 @@ fn fd_count() -> usize {
     std::fs::read_dir("/proc/self/fd").map(|d| d.count()).unwrap_or(0)
 }
 
+/// Growth of resident memory allowed over a thousand faulted calls, once warm.
+const MEMORY_SLACK_KIB: u64 = 4 * 1024;
+
+/// The test process's resident memory (the proxy runs in it), from /proc.
+fn rss_kib() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
+}
+
 // ---------------------------------------------------------------------------------------------
 // A raw client that never panics: every problem comes back as text for the case's message.
 
@@ -1662,6 +1675,44 @@ fn upstream_overrun_never_answers_the_next_request() {
     assert!(failures.is_empty(), "response desync through the pool:\n{}", failures.join("\n"));
 }
 
+/// An upstream that never completes the TCP handshake: its listen queue is full, so the kernel
+/// drops the proxy's SYNs. The connect timeout fires at its edge: 504, recorded as a timeout.
+#[test]
+fn upstream_connect_timeout_is_504() {
+    let _g = shared_lock();
+    let listener = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    listener.bind(&SocketAddr::from(([127, 0, 0, 1], 0)).into()).unwrap();
+    listener.listen(0).unwrap();
+    let addr = listener.local_addr().unwrap().as_socket().unwrap();
+    let mut fillers = Vec::new();
+    while fillers.len() < 16 {
+        match TcpStream::connect_timeout(&addr, Duration::from_millis(300)) {
+            Ok(s) => fillers.push(s),
+            Err(_) => break,
+        }
+    }
+    assert!(fillers.len() < 16, "connect-timeout: the listen queue never filled");
+    let mock = MockUpstream::start_plain();
+    let url = UpstreamUrl::parse(&format!("http://{addr}")).unwrap();
+    let mut proxy = Proxy::start(&mock, |c| {
+        base(c);
+        c.limits.connect_timeout = Duration::from_secs(1);
+        c.upstreams = [url.clone(), url.clone(), url];
+    });
+    let mut c = Client::open(proxy.addr);
+    let t0 = Instant::now();
+    c.send(&fault_request(&proxy.key, "ok")).unwrap();
+    let r = c.response().unwrap_or_else(|e| panic!("connect-timeout: {e}"));
+    let t = t0.elapsed();
+    assert_eq!(r.status, 504, "connect-timeout: {}", r.summary());
+    assert!(
+        t >= Duration::from_millis(900) && t < Duration::from_secs(3),
+        "connect-timeout: answered after {t:?}, the timeout is 1 s"
+    );
+    let records = records_of(&mut proxy);
+    assert_eq!(records.iter().map(|r| (r.status, r.outcome)).collect::<Vec<_>>(), vec![(504, Outcome::Timeout)]);
+}
+
 #[test]
 fn upstream_slower_than_request_timeout_is_504() {
     let _g = shared_lock();
@@ -1717,9 +1768,10 @@ fn client_leaving_mid_stream_is_recorded_client_cancelled() {
 }
 
 /// A thousand faulted connections, of every kind above, from both sides: afterwards the
-/// process holds about as many descriptors as before, and the proxy still serves.
+/// process holds about as many descriptors and as much memory as before, and the proxy still
+/// serves.
 #[test]
-fn descriptors_return_to_baseline_after_a_thousand_faults() {
+fn descriptors_and_memory_return_to_baseline_after_a_thousand_faults() {
     let _g = exclusive_lock();
     let mock = MockUpstream::start_plain();
     let raw = RawUpstream::start(fault_script);
@@ -1789,26 +1841,37 @@ fn descriptors_return_to_baseline_after_a_thousand_faults() {
     }
     let _ = one("slow-short");
     assert!(raw.wait_idle(Duration::from_secs(10)), "fd: warm-up connections did not finish");
+
+    // A thousand faulted calls from 8 client threads.
+    let storm = || {
+        let errors = std::sync::Mutex::new(Vec::new());
+        thread::scope(|s| {
+            for t in 0..8 {
+                let (one, errors) = (&one, &errors);
+                s.spawn(move || {
+                    if t < 4 {
+                        let _ = one("slow-short");
+                    }
+                    for i in 0..123 {
+                        let kind = kinds[(i + t) % (kinds.len() - 1)];
+                        if let Err(e) = one(kind) {
+                            errors.lock().unwrap().push(format!("{kind}: {e}"));
+                        }
+                    }
+                });
+            }
+        });
+        errors.into_inner().unwrap()
+    };
+    // A first storm lets the allocator's arenas, the store's memtable and the pools reach their
+    // working size; the second must then leave descriptors and memory where they were.
+    let _ = storm();
+    assert!(raw.wait_idle(Duration::from_secs(10)), "fd: first storm's connections did not finish");
     thread::sleep(Duration::from_millis(1200));
     let baseline = fd_count();
+    let rss_before = rss_kib();
 
-    let errors = std::sync::Mutex::new(Vec::new());
-    thread::scope(|s| {
-        for t in 0..8 {
-            let (one, errors) = (&one, &errors);
-            s.spawn(move || {
-                if t < 4 {
-                    let _ = one("slow-short");
-                }
-                for i in 0..123 {
-                    let kind = kinds[(i + t) % (kinds.len() - 1)];
-                    if let Err(e) = one(kind) {
-                        errors.lock().unwrap().push(format!("{kind}: {e}"));
-                    }
-                }
-            });
-        }
-    });
+    let errors = storm();
     let idle = raw.wait_idle(Duration::from_secs(10));
     let deadline = Instant::now() + Duration::from_secs(6);
     let mut now = fd_count();
@@ -1820,10 +1883,16 @@ fn descriptors_return_to_baseline_after_a_thousand_faults() {
     c.send(&fault_request(&key, "ok")).unwrap();
     let after = c.response().map(|r| r.summary());
     drop(c);
-    let errors = errors.into_inner().unwrap();
+    let rss_after = rss_kib();
     let accepted = raw.accepted();
     eprintln!("fd: baseline {baseline}, after {now}; upstream connections accepted {accepted}");
-    assert!(accepted >= 600, "fd: only {accepted} upstream connections: the faults did not run");
+    eprintln!("memory: VmRSS {rss_before} KiB before the second thousand faulted calls, {rss_after} KiB after");
+    assert!(accepted >= 1200, "fd: only {accepted} upstream connections: the faults did not run");
+    // 4 MiB over a thousand calls: a connection's read buffer (16 KiB) kept per call would show.
+    assert!(
+        rss_after <= rss_before + MEMORY_SLACK_KIB,
+        "memory: {rss_before} KiB before a thousand faulted calls, {rss_after} KiB after"
+    );
     assert!(idle, "fd: upstream-side connections still open 10s after the faults (proxy keeps them?)");
     assert!(now <= baseline + 8, "fd: {baseline} descriptors before 1000 faulted connections, {now} after (6s later)");
     assert!(after.as_ref().is_ok_and(|s| s.starts_with("200")), "fd: the proxy no longer serves: {after:?}");
