@@ -59,8 +59,10 @@ fn fd_count() -> usize {
     std::fs::read_dir("/proc/self/fd").map(|d| d.count()).unwrap_or(0)
 }
 
-/// Growth of resident memory allowed over a thousand faulted calls, once warm.
-const MEMORY_SLACK_KIB: u64 = 4 * 1024;
+/// Growth of resident memory allowed over a thousand faulted calls, once warm: their thousand
+/// records in the store's memtable take about 2 MiB; a connection's 16 KiB read buffer kept per
+/// call would take 16.
+const MEMORY_SLACK_KIB: u64 = 6 * 1024;
 
 /// The test process's resident memory (the proxy runs in it), from /proc.
 fn rss_kib() -> u64 {
@@ -1888,7 +1890,6 @@ fn descriptors_and_memory_return_to_baseline_after_a_thousand_faults() {
     eprintln!("fd: baseline {baseline}, after {now}; upstream connections accepted {accepted}");
     eprintln!("memory: VmRSS {rss_before} KiB before the second thousand faulted calls, {rss_after} KiB after");
     assert!(accepted >= 1200, "fd: only {accepted} upstream connections: the faults did not run");
-    // 4 MiB over a thousand calls: a connection's read buffer (16 KiB) kept per call would show.
     assert!(
         rss_after <= rss_before + MEMORY_SLACK_KIB,
         "memory: {rss_before} KiB before a thousand faulted calls, {rss_after} KiB after"
