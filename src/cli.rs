@@ -22,6 +22,12 @@ pub enum Command {
     /// Read recorded calls.
     #[command(subcommand)]
     Calls(CallsCommand),
+    /// Read agents and their totals.
+    #[command(subcommand)]
+    Agents(AgentsCommand),
+    /// Read sessions: an agent's, newest first, or one with its calls.
+    #[command(subcommand)]
+    Sessions(SessionsCommand),
 }
 
 #[derive(Args, Debug, Default)]
@@ -66,6 +72,18 @@ pub struct ServeArgs {
     /// Seconds to let in-flight calls finish on SIGTERM/SIGINT (default 30).
     #[arg(long, env = "KURRAL_SHUTDOWN_GRACE_SECS")]
     pub shutdown_grace_secs: Option<u64>,
+    /// Capture durability: `sync` fsyncs every written batch (a machine crash loses only
+    /// records not yet written); `async` (default) writes without fsync (a process crash loses
+    /// nothing written, a machine crash may lose the last seconds).
+    #[arg(long, env = "KURRAL_DURABILITY", value_name = "sync|async")]
+    pub durability: Option<String>,
+    /// Remove captured data of calls older than N days, while running (0: keep everything).
+    #[arg(long, env = "KURRAL_RETENTION_DAYS", value_name = "N")]
+    pub retention_days: Option<u32>,
+    /// What --retention-days removes: `content` (request, response, tools; the default) or
+    /// `records` (whole calls; session and agent totals keep counting them).
+    #[arg(long, env = "KURRAL_RETENTION_REMOVES", value_name = "content|records")]
+    pub retention_removes: Option<String>,
 }
 
 #[derive(Args, Debug)]
@@ -88,6 +106,10 @@ pub enum KeysCommand {
         /// This key's calls in flight (default: the server's, 10).
         #[arg(long)]
         max_concurrent: Option<u32>,
+        /// Calls with this key must name an agent registered beforehand (`agents register`);
+        /// others get 403.
+        #[arg(long)]
+        registered_agents_only: bool,
         #[command(flatten)]
         dir: DataDirArg,
     },
@@ -120,5 +142,67 @@ pub enum CallsCommand {
         /// At most this many calls (the newest).
         #[arg(long)]
         limit: Option<usize>,
+    },
+}
+
+/// Whose data a read command shows. The command line reads the data dir directly, as its
+/// operator: every user's data unless `--user` narrows it (the HTTP read API, by contrast, shows
+/// a key only its own user's data).
+#[derive(Args, Debug)]
+pub struct ReadScope {
+    #[command(flatten)]
+    pub dir: DataDirArg,
+    /// Only this user's data (default: every user's).
+    #[arg(long)]
+    pub user: Option<String>,
+    /// JSON (the read API's shapes) instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum AgentsCommand {
+    /// List agents (registered on their first call, or by `agents register`) with sessions,
+    /// calls, errors, tokens and cost. Works while a server holds the data dir.
+    List {
+        #[command(flatten)]
+        scope: ReadScope,
+    },
+    /// Register an agent for a user ahead of its first call, for keys created with
+    /// --registered-agents-only. A running server sees it within a second.
+    Register {
+        /// The agent (the x-kurral-agent value).
+        agent: String,
+        /// The user the agent belongs to.
+        #[arg(long)]
+        user: String,
+        #[command(flatten)]
+        dir: DataDirArg,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum SessionsCommand {
+    /// List an agent's sessions, newest started first. Works while a server holds the data dir.
+    List {
+        /// The agent (the x-kurral-agent value).
+        #[arg(long)]
+        agent: String,
+        /// Only sessions of this env: production, staging or development.
+        #[arg(long)]
+        env: Option<String>,
+        /// At most this many sessions.
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+        #[command(flatten)]
+        scope: ReadScope,
+    },
+    /// Show a session's totals and its calls, oldest first. Works while a server holds the data
+    /// dir.
+    Show {
+        /// The session id (x-kurral-session-id).
+        session_id: String,
+        #[command(flatten)]
+        scope: ReadScope,
     },
 }

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::capture::{Durability, Expiry, ExpiryScope};
 use crate::cli::ServeArgs;
 use crate::provider::Provider;
 use crate::upstream::UpstreamUrl;
@@ -55,11 +56,21 @@ pub struct CaptureSettings {
     pub openai_stream_usage: bool,
     /// A price file to use instead of the shipped `pricing.json`.
     pub pricing_file: Option<PathBuf>,
+    /// Whether each written batch is fsynced (see `capture::writer`).
+    pub durability: Durability,
+    /// Retention in time: content or whole calls older than this are removed while running.
+    pub expiry: Option<Expiry>,
 }
 
 impl Default for CaptureSettings {
     fn default() -> Self {
-        CaptureSettings { max_content_bytes: MAX_CONTENT_BYTES, openai_stream_usage: true, pricing_file: None }
+        CaptureSettings {
+            max_content_bytes: MAX_CONTENT_BYTES,
+            openai_stream_usage: true,
+            pricing_file: None,
+            durability: Durability::default(),
+            expiry: None,
+        }
     }
 }
 
@@ -159,6 +170,9 @@ struct FileCapture {
     max_content_bytes: Option<usize>,
     openai_stream_usage: Option<bool>,
     pricing_file: Option<PathBuf>,
+    durability: Option<String>,
+    retention_days: Option<u32>,
+    retention_removes: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -263,6 +277,22 @@ fn resolve_with_env(args: ServeArgs, env: &dyn Fn(&str) -> Option<String>) -> Re
         return Err("request timeout must be at least one second".into());
     }
 
+    let durability_text = args.durability.or(file.capture.durability);
+    let durability = match durability_text.as_deref() {
+        None => Durability::default(),
+        Some(d) => Durability::parse(d).ok_or_else(|| format!("--durability must be sync or async, got {d}"))?,
+    };
+    let scope = match args.retention_removes.or(file.capture.retention_removes).as_deref() {
+        None => ExpiryScope::Content,
+        Some(s) => {
+            ExpiryScope::parse(s).ok_or_else(|| format!("--retention-removes must be content or records, got {s}"))?
+        }
+    };
+    let expiry = match args.retention_days.or(file.capture.retention_days) {
+        None | Some(0) => None,
+        Some(days) => Some(Expiry { after: Duration::from_secs(u64::from(days) * 86_400), scope }),
+    };
+
     Ok(Config {
         listen,
         data_dir: args.data_dir.or(file.data_dir).unwrap_or_else(|| PathBuf::from("./data")),
@@ -277,6 +307,8 @@ fn resolve_with_env(args: ServeArgs, env: &dyn Fn(&str) -> Option<String>) -> Re
             max_content_bytes: file.capture.max_content_bytes.unwrap_or(MAX_CONTENT_BYTES),
             openai_stream_usage: file.capture.openai_stream_usage.unwrap_or(true),
             pricing_file: args.pricing.or(file.capture.pricing_file),
+            durability,
+            expiry,
         },
     })
 }
@@ -318,6 +350,28 @@ mod tests {
     }
 
     #[test]
+    fn durability_and_retention() {
+        let c = resolve_with_env(args(), &|_| None).unwrap();
+        assert_eq!((c.capture.durability, c.capture.expiry), (Durability::Async, None));
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("k.toml");
+        std::fs::write(&file, "[capture]\ndurability = \"sync\"\nretention_days = 30\n").unwrap();
+        let c = resolve_with_env(ServeArgs { config: Some(file.clone()), ..args() }, &|_| None).unwrap();
+        assert_eq!(c.capture.durability, Durability::Sync);
+        let month = Duration::from_secs(30 * 86_400);
+        assert_eq!(c.capture.expiry, Some(Expiry { after: month, scope: ExpiryScope::Content }));
+        let a = ServeArgs {
+            config: Some(file),
+            durability: Some("async".into()),
+            retention_removes: Some("records".into()),
+            ..args()
+        };
+        let c = resolve_with_env(a, &|_| None).unwrap();
+        assert_eq!(c.capture.durability, Durability::Async, "the flag beats the file");
+        assert_eq!(c.capture.expiry.unwrap().scope, ExpiryScope::Records);
+    }
+
+    #[test]
     fn bad_settings_are_named() {
         let bad = [
             ServeArgs { upstreams: vec!["azure=http://x".into()], ..args() },
@@ -325,6 +379,8 @@ mod tests {
             ServeArgs { workers: Some(0), ..args() },
             ServeArgs { driver: Some("kqueue".into()), ..args() },
             ServeArgs { listen: Some("nowhere".into()), ..args() },
+            ServeArgs { durability: Some("fsync".into()), ..args() },
+            ServeArgs { retention_days: Some(3), retention_removes: Some("all".into()), ..args() },
         ];
         for a in bad {
             assert!(resolve_with_env(a, &|_| None).is_err());

@@ -24,6 +24,9 @@ pub enum Side {
 pub enum ErrorKind {
     BadRequest,
     Unauthorized,
+    /// The key is valid but may not do this (an unregistered agent under a key that requires
+    /// registered agents).
+    Forbidden,
     NotFound,
     MethodNotAllowed,
     RequestTimeout,
@@ -44,6 +47,7 @@ impl ErrorKind {
         match self {
             ErrorKind::BadRequest => 400,
             ErrorKind::Unauthorized => 401,
+            ErrorKind::Forbidden => 403,
             ErrorKind::NotFound => 404,
             ErrorKind::MethodNotAllowed => 405,
             ErrorKind::RequestTimeout => 408,
@@ -65,6 +69,7 @@ impl ErrorKind {
         match self {
             ErrorKind::BadRequest | ErrorKind::ExpectationFailed => "invalid_request_error",
             ErrorKind::Unauthorized => "authentication_error",
+            ErrorKind::Forbidden => "permission_error",
             ErrorKind::NotFound => "not_found_error",
             ErrorKind::MethodNotAllowed => "method_not_allowed",
             ErrorKind::RequestTimeout => "request_timeout",

@@ -10,6 +10,7 @@
 //!                     ─ read_response_head ─ relay_response_body ─ finish_capture
 //!                                                                       │ crossbeam, bounded
 //!   capture::writer   one thread, batches ─▶ capture::store (RocksDB)   ◀┘
+//!   api::reader       GET /api/... from a worker ─▶ reader thread ─▶ store, answer by oneshot
 //! ```
 //!
 //! Where things live:
@@ -22,7 +23,9 @@
 //! - `inspect`: what a request body says (model, stream).
 //! - `capture`: records, the writer thread, the RocksDB store.
 //! - `server`: threads, workers, the connection lifecycle.
+//! - `api`: the read API (agents, sessions, calls), answered from reader threads.
 
+pub mod api;
 pub mod auth;
 pub mod capture;
 pub mod cli;

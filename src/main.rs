@@ -3,9 +3,16 @@
 use std::process::ExitCode;
 
 use clap::Parser;
+use kurral_proxy::api::json;
+use kurral_proxy::auth::headers::{MAX_AGENT_LEN, MIN_AGENT_LEN};
 use kurral_proxy::auth::{KeyLimits, KeyStore};
+use kurral_proxy::capture::layout::rfc3339_ms;
 use kurral_proxy::capture::store::Store;
-use kurral_proxy::cli::{CallsCommand, Cli, Command, KeysCommand, ServeArgs};
+use kurral_proxy::capture::summary::{AgentSummary, SessionSummary};
+use kurral_proxy::capture::Env;
+use kurral_proxy::cli::{
+    AgentsCommand, CallsCommand, Cli, Command, KeysCommand, ReadScope, ServeArgs, SessionsCommand,
+};
 use kurral_proxy::{config, server};
 
 fn main() -> ExitCode {
@@ -19,6 +26,8 @@ fn main() -> ExitCode {
         Command::Serve(args) => serve(args),
         Command::Keys(cmd) => keys(cmd),
         Command::Calls(cmd) => calls(cmd),
+        Command::Agents(cmd) => agents(cmd),
+        Command::Sessions(cmd) => sessions(cmd),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -63,10 +72,11 @@ fn serve(args: ServeArgs) -> Result<(), String> {
 
 fn keys(cmd: KeysCommand) -> Result<(), String> {
     match cmd {
-        KeysCommand::Create { user, requests_per_minute, max_concurrent, dir } => {
+        KeysCommand::Create { user, requests_per_minute, max_concurrent, registered_agents_only, dir } => {
             let limits = KeyLimits { requests_per_minute, max_concurrent };
-            let (key, id) =
-                KeyStore::new(&dir.data_dir).create_with_limits(&user, limits).map_err(|e| e.to_string())?;
+            let (key, id) = KeyStore::new(&dir.data_dir)
+                .create_key(&user, limits, registered_agents_only)
+                .map_err(|e| e.to_string())?;
             eprintln!("Created key {id} for user \"{user}\". Store it now: it is not shown again.");
             println!("{key}");
         }
@@ -78,15 +88,16 @@ fn keys(cmd: KeysCommand) -> Result<(), String> {
                 }
             } else {
                 println!(
-                    "{:<18} {:<20} {:<14} {:<26} {:<8} {:<8} STATUS",
-                    "ID", "USER", "PREFIX", "CREATED", "RPM", "CONC"
+                    "{:<18} {:<20} {:<14} {:<26} {:<8} {:<8} {:<11} STATUS",
+                    "ID", "USER", "PREFIX", "CREATED", "RPM", "CONC", "AGENTS"
                 );
                 let or_default = |v: Option<u32>| v.map_or_else(|| "default".to_string(), |n| n.to_string());
                 for k in &list {
                     let status = if k.revoked { "revoked" } else { "active" };
                     let (rpm, conc) = (or_default(k.limits.requests_per_minute), or_default(k.limits.max_concurrent));
+                    let agents = if k.registered_agents_only { "registered" } else { "any" };
                     println!(
-                        "{:<18} {:<20} {:<14} {:<26} {rpm:<8} {conc:<8} {status}",
+                        "{:<18} {:<20} {:<14} {:<26} {rpm:<8} {conc:<8} {agents:<11} {status}",
                         k.id, k.user, k.prefix, k.created_at
                     );
                 }
@@ -134,6 +145,250 @@ fn calls(cmd: CallsCommand) -> Result<(), String> {
                         c.model.as_deref().unwrap_or("-"),
                         c.status,
                         c.latency_ms
+                    );
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Opens the store read-only (a running server may hold it), or `None` when nothing was ever
+/// recorded in this data dir.
+fn read_store(scope: &ReadScope) -> Result<Option<Store>, String> {
+    if !Store::exists(&scope.dir.data_dir) {
+        return Ok(None);
+    }
+    Store::open_read_only(&scope.dir.data_dir).map(Some)
+}
+
+/// The users a read command covers: the one given, or every user with recorded calls.
+fn scope_users(store: &Store, scope: &ReadScope) -> Result<Vec<String>, String> {
+    match &scope.user {
+        Some(u) => Ok(vec![u.clone()]),
+        None => store.users(),
+    }
+}
+
+fn print_json(v: &serde_json::Value) {
+    println!("{}", serde_json::to_string_pretty(v).expect("serializable"));
+}
+
+/// `12.3456` for a table: cents are not enough for per-call LLM costs.
+fn usd(t: &kurral_proxy::capture::summary::Totals) -> String {
+    let mut s = format!("{:.6}", t.cost.to_f64());
+    if t.unpriced_calls > 0 {
+        s.push('+');
+    }
+    s
+}
+
+fn agents(cmd: AgentsCommand) -> Result<(), String> {
+    let scope = match cmd {
+        AgentsCommand::List { scope } => scope,
+        AgentsCommand::Register { agent, user, dir } => {
+            let valid = agent.len() >= MIN_AGENT_LEN
+                && agent.len() <= MAX_AGENT_LEN
+                && agent.bytes().all(|b| b.is_ascii_graphic() || b == b' ');
+            if !valid || agent.trim() != agent {
+                return Err(format!(
+                    "an agent is {MIN_AGENT_LEN} to {MAX_AGENT_LEN} printable ASCII characters, not {agent:?}"
+                ));
+            }
+            let added = KeyStore::new(&dir.data_dir).register_agent(&user, &agent).map_err(|e| e.to_string())?;
+            eprintln!("{}", if added { "registered" } else { "already registered" });
+            return Ok(());
+        }
+    };
+    let store = read_store(&scope)?;
+    let mut rows: Vec<(String, AgentSummary)> = Vec::new();
+    if let Some(store) = &store {
+        for user in scope_users(store, &scope)? {
+            rows.extend(store.agents(&user)?.into_iter().map(|a| (user.clone(), a)));
+        }
+    }
+    // Registered agents that have not called yet: listed with nothing counted.
+    let registrations = KeyStore::new(&scope.dir.data_dir).agents().map_err(|e| format!("key file: {e}"))?;
+    for r in registrations {
+        let in_scope = scope.user.as_ref().is_none_or(|u| *u == r.user);
+        if in_scope && !rows.iter().any(|(u, a)| *u == r.user && a.agent == r.agent) {
+            let ms = humantime::parse_rfc3339_weak(&r.at)
+                .ok()
+                .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                .map_or(0, |d| d.as_millis() as u64);
+            rows.push((r.user, AgentSummary::new(&r.agent, ms)));
+        }
+    }
+    rows.sort_by(|a, b| (&a.0, &a.1.agent).cmp(&(&b.0, &b.1.agent)));
+    if scope.json {
+        let list: Vec<serde_json::Value> = rows
+            .iter()
+            .map(|(user, a)| {
+                let mut v = a.to_json();
+                v["user"] = user.clone().into();
+                v
+            })
+            .collect();
+        print_json(&serde_json::json!({ "agents": list }));
+        return Ok(());
+    }
+    println!(
+        "{:<16} {:<28} {:>8} {:>8} {:>6} {:>12} {:>12} {:>12}  {:<24} LAST SEEN",
+        "USER", "AGENT", "SESSIONS", "CALLS", "ERRORS", "INPUT TOK", "OUTPUT TOK", "COST USD", "FIRST SEEN"
+    );
+    for (user, a) in &rows {
+        let t = &a.totals;
+        println!(
+            "{:<16} {:<28} {:>8} {:>8} {:>6} {:>12} {:>12} {:>12}  {:<24} {}",
+            user,
+            a.agent,
+            a.sessions,
+            t.calls,
+            t.errors,
+            t.input_tokens,
+            t.output_tokens,
+            usd(t),
+            rfc3339_ms(a.first_ms),
+            rfc3339_ms(a.last_ms)
+        );
+    }
+    if rows.iter().any(|(_, a)| a.totals.unpriced_calls > 0) {
+        eprintln!("+: some calls used a model the price table does not know; their cost is not included");
+    }
+    Ok(())
+}
+
+fn session_row(user: &str, s: &SessionSummary) {
+    let t = &s.totals;
+    println!(
+        "{:<16} {:<36} {:<12} {:<24} {:<24} {:>6} {:>6} {:>10} {:>10} {:>12}",
+        user,
+        s.session_id,
+        serde_json::to_value(s.env).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default(),
+        rfc3339_ms(s.started_ms),
+        rfc3339_ms(s.last_ms),
+        t.calls,
+        t.errors,
+        t.input_tokens,
+        t.output_tokens,
+        usd(t)
+    );
+}
+
+fn session_header() {
+    println!(
+        "{:<16} {:<36} {:<12} {:<24} {:<24} {:>6} {:>6} {:>10} {:>10} {:>12}",
+        "USER", "SESSION", "ENV", "STARTED", "LAST", "CALLS", "ERRORS", "INPUT", "OUTPUT", "COST USD"
+    );
+}
+
+fn sessions(cmd: SessionsCommand) -> Result<(), String> {
+    match cmd {
+        SessionsCommand::List { agent, env, limit, scope } => {
+            let env = match env.as_deref() {
+                None => None,
+                Some(e) => Some(
+                    Env::parse(e.as_bytes())
+                        .ok_or_else(|| format!("--env must be production, staging or development, got {e}"))?,
+                ),
+            };
+            let store = read_store(&scope)?;
+            let mut rows: Vec<(String, SessionSummary)> = Vec::new();
+            if let Some(store) = &store {
+                // Each user's list is newest first; merge them and keep the newest `limit`.
+                for user in scope_users(store, &scope)? {
+                    let page = store.sessions(&user, &agent, env, limit, None)?;
+                    rows.extend(page.items.into_iter().map(|s| (user.clone(), s)));
+                }
+            }
+            rows.sort_by_key(|(_, s)| std::cmp::Reverse(s.started_ms));
+            rows.truncate(limit);
+            if scope.json {
+                let list: Vec<serde_json::Value> = rows
+                    .iter()
+                    .map(|(user, s)| {
+                        let mut v = s.to_json();
+                        v["user"] = user.clone().into();
+                        v
+                    })
+                    .collect();
+                print_json(&serde_json::json!({ "sessions": list }));
+                return Ok(());
+            }
+            session_header();
+            for (user, s) in &rows {
+                session_row(user, s);
+            }
+        }
+        SessionsCommand::Show { session_id, scope } => {
+            let store = read_store(&scope)?;
+            let mut found = Vec::new();
+            if let Some(store) = &store {
+                for user in scope_users(store, &scope)? {
+                    if let Some(s) = store.session(&user, &session_id)? {
+                        let mut calls = Vec::new();
+                        let mut after = None;
+                        loop {
+                            let page = store.session_calls(&user, &session_id, 1000, after.as_deref())?;
+                            calls.extend(page.items);
+                            match page.next {
+                                Some(n) => after = Some(n),
+                                None => break,
+                            }
+                        }
+                        found.push((user, s, calls));
+                    }
+                }
+            }
+            if found.is_empty() {
+                return Err(format!("no session {session_id}"));
+            }
+            for (user, s, calls) in &found {
+                if scope.json {
+                    let mut v = json::session(s, calls, None);
+                    v["user"] = user.clone().into();
+                    v.as_object_mut().map(|o| o.remove("next_cursor"));
+                    print_json(&v);
+                    continue;
+                }
+                session_header();
+                session_row(user, s);
+                println!();
+                println!(
+                    "{:<36} {:<24} {:<20} {:<10} {:<22} {:<24} {:>6} {:<15} {:>10} {:>8} {:>8} {:>12}",
+                    "CALL",
+                    "STARTED",
+                    "AGENT",
+                    "PROVIDER",
+                    "ENDPOINT",
+                    "MODEL",
+                    "STATUS",
+                    "OUTCOME",
+                    "LATENCY",
+                    "INPUT",
+                    "OUTPUT",
+                    "COST USD"
+                );
+                for c in calls {
+                    let usage = c.usage.unwrap_or_default();
+                    let tokens = |v: Option<u64>| v.map_or_else(|| "-".to_string(), |n| n.to_string());
+                    println!(
+                        "{:<36} {:<24} {:<20} {:<10} {:<22} {:<24} {:>6} {:<15} {:>8.1}ms {:>8} {:>8} {:>12}",
+                        c.id,
+                        c.started_at,
+                        c.agent,
+                        c.provider,
+                        c.endpoint,
+                        c.model.as_deref().unwrap_or("-"),
+                        c.status,
+                        serde_json::to_value(c.outcome)
+                            .ok()
+                            .and_then(|v| v.as_str().map(str::to_string))
+                            .unwrap_or_default(),
+                        c.latency_ms,
+                        tokens(usage.input_tokens),
+                        tokens(usage.output_tokens),
+                        c.cost_usd.map_or_else(|| "-".to_string(), |v| format!("{v:.6}"))
                     );
                 }
             }

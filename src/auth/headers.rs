@@ -38,6 +38,12 @@ pub fn identify(buf: &[u8], head: &RequestHead, keys: &KeyTable) -> Result<CallI
     if agent.len() > MAX_AGENT_LEN || !agent.iter().all(|&b| b.is_ascii_graphic() || b == b' ') {
         return Err(ProxyError::bad_request("invalid x-kurral-agent: printable ASCII, at most 200 characters"));
     }
+    if user.registered_agents_only && !keys.agent_registered(&user.user, agent) {
+        return Err(ProxyError::new(
+            crate::error::ErrorKind::Forbidden,
+            "this key accepts registered agents only; register the agent with `kurral-proxy agents register`",
+        ));
+    }
     let session_id = match single(buf, head, "x-kurral-session-id")? {
         None => uuid::Uuid::new_v4().to_string(),
         Some(v) => std::str::from_utf8(v)
@@ -70,7 +76,7 @@ pub fn identify(buf: &[u8], head: &RequestHead, keys: &KeyTable) -> Result<CallI
 
 /// `X-Kurral-API-Key` first; the legacy `X-API-Key` only when its value is a Kurral key (an
 /// Anthropic key in `x-api-key` is the provider's and is not ours to judge).
-fn authenticate<'t>(buf: &[u8], head: &RequestHead, keys: &'t KeyTable) -> Result<&'t super::KeyInfo, ProxyError> {
+pub fn authenticate<'t>(buf: &[u8], head: &RequestHead, keys: &'t KeyTable) -> Result<&'t super::KeyInfo, ProxyError> {
     let key = match single(buf, head, "x-kurral-api-key")? {
         Some(k) => Some(k),
         None => head
@@ -145,6 +151,15 @@ mod tests {
             assert_eq!(e.kind, ErrorKind::BadRequest, "{field}");
             assert!(e.message.contains(needle), "{field}: {}", e.message);
         }
+
+        let (strict, _) = store.create_key("alice", crate::auth::KeyLimits::default(), true).unwrap();
+        store.register_agent("alice", "known-bot").unwrap();
+        let keys2 = store.load().unwrap();
+        let refused =
+            check(&keys2, &format!("X-Kurral-API-Key: {strict}\r\nx-kurral-agent: other-bot\r\n")).unwrap_err();
+        assert_eq!(refused.status(), 403);
+        assert!(check(&keys2, &format!("X-Kurral-API-Key: {strict}\r\nx-kurral-agent: known-bot\r\n")).is_ok());
+        assert!(check(&keys2, &format!("X-Kurral-API-Key: {key}\r\nx-kurral-agent: other-bot\r\n")).is_ok());
 
         let sid = "0192f3c4-5d6e-7f80-9a1b-2c3d4e5f6a7b";
         let full = check(

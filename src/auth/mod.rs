@@ -13,4 +13,4 @@ pub mod store;
 pub use headers::{identify, CallIdentity};
 pub use key::{generate_key, hash_key, KeyHash};
 pub use limits::{LimitValues, Permit, Refusal, UserState};
-pub use store::{KeyInfo, KeyLimits, KeyStore, KeyTable, SharedKeys};
+pub use store::{AgentRegistration, KeyInfo, KeyLimits, KeyStore, KeyTable, SharedKeys};

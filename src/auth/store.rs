@@ -1,6 +1,7 @@
 //! The key file (`keys.jsonl` in the data dir) and the in-memory table built from it.
 //!
-//! The file is append-only JSON lines, `create` and `revoke` events, written under an exclusive
+//! The file is append-only JSON lines, `create`, `revoke` and `register_agent` events, written
+//! under an exclusive
 //! file lock and fsynced, so `keys create` works whether or not a server holds the data dir and
 //! two writers never interleave. It holds key hashes, never keys. The server's watcher thread
 //! reloads the table when the file grows; workers read the current table through an `ArcSwap`
@@ -32,6 +33,8 @@ pub struct KeyInfo {
     pub overrides: KeyLimits,
     /// The user's rate and concurrency state, shared by all of the user's keys.
     pub state: Arc<UserState>,
+    /// Calls with this key must name an agent registered beforehand (`agents register`).
+    pub registered_agents_only: bool,
 }
 
 /// Per-key limit overrides (`keys create --requests-per-minute/--max-concurrent`).
@@ -53,6 +56,15 @@ pub struct KeyListing {
     pub revoked: bool,
     #[serde(flatten)]
     pub limits: KeyLimits,
+    pub registered_agents_only: bool,
+}
+
+/// An agent registered ahead of its first call (`agents register`).
+#[derive(Debug, Clone, Serialize)]
+pub struct AgentRegistration {
+    pub user: String,
+    pub agent: String,
+    pub at: String,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -66,22 +78,44 @@ enum KeyEvent {
         created_at: String,
         #[serde(flatten)]
         limits: KeyLimits,
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        registered_agents_only: bool,
     },
     Revoke {
         id: String,
         at: String,
     },
+    RegisterAgent {
+        user: String,
+        agent: String,
+        at: String,
+    },
 }
 
-/// Active keys by hash.
+/// Everything the key file says.
+#[derive(Default)]
+struct KeyFile {
+    listing: Vec<KeyListing>,
+    ids: HashMap<KeyHash, String>,
+    agents: Vec<AgentRegistration>,
+}
+
+/// Active keys by hash, and the agents registered per user.
 #[derive(Debug, Default)]
 pub struct KeyTable {
     by_hash: HashMap<KeyHash, KeyInfo>,
+    agents: HashMap<String, std::collections::HashSet<String>>,
 }
 
 impl KeyTable {
     pub fn lookup(&self, key: &[u8]) -> Option<&KeyInfo> {
         self.by_hash.get(&hash_key(key))
+    }
+
+    /// Whether `agent` was registered for `user` with `agents register`.
+    pub fn agent_registered(&self, user: &str, agent: &[u8]) -> bool {
+        let Ok(agent) = std::str::from_utf8(agent) else { return false };
+        self.agents.get(user).is_some_and(|set| set.contains(agent))
     }
 
     pub fn len(&self) -> usize {
@@ -121,6 +155,16 @@ impl KeyStore {
     }
 
     pub fn create_with_limits(&self, user: &str, limits: KeyLimits) -> std::io::Result<(String, String)> {
+        self.create_key(user, limits, false)
+    }
+
+    /// Creates a key; with `registered_agents_only`, its calls must name a registered agent.
+    pub fn create_key(
+        &self,
+        user: &str,
+        limits: KeyLimits,
+        registered_agents_only: bool,
+    ) -> std::io::Result<(String, String)> {
         if user.trim().is_empty() {
             return Err(std::io::Error::new(std::io::ErrorKind::InvalidInput, "user may not be empty"));
         }
@@ -133,6 +177,7 @@ impl KeyStore {
             prefix: key[..KEY_PREFIX.len() + 4].to_string(),
             created_at: now_rfc3339(),
             limits,
+            registered_agents_only,
         };
         self.append(&event)?;
         Ok((key, id))
@@ -142,7 +187,7 @@ impl KeyStore {
     pub fn revoke(&self, id_or_key: &str) -> std::io::Result<bool> {
         let listing = self.list()?;
         let id = if id_or_key.starts_with(KEY_PREFIX) {
-            let (_, ids) = self.read_events()?;
+            let ids = self.read_events()?.ids;
             ids.get(&hash_key(id_or_key.as_bytes())).cloned()
         } else {
             Some(id_or_key.to_string())
@@ -155,23 +200,51 @@ impl KeyStore {
     }
 
     pub fn list(&self) -> std::io::Result<Vec<KeyListing>> {
-        let (listing, _) = self.read_events()?;
-        Ok(listing)
+        Ok(self.read_events()?.listing)
+    }
+
+    /// Registers `agent` for `user`, so that keys created with `registered_agents_only` may
+    /// call with it. Returns false when it was already registered.
+    pub fn register_agent(&self, user: &str, agent: &str) -> std::io::Result<bool> {
+        if user.trim().is_empty() {
+            return Err(std::io::Error::new(std::io::ErrorKind::InvalidInput, "user may not be empty"));
+        }
+        if self.agents()?.iter().any(|a| a.user == user && a.agent == agent) {
+            return Ok(false);
+        }
+        let event = KeyEvent::RegisterAgent { user: user.to_string(), agent: agent.to_string(), at: now_rfc3339() };
+        self.append(&event)?;
+        Ok(true)
+    }
+
+    /// Agents registered with `register_agent`, in registration order.
+    pub fn agents(&self) -> std::io::Result<Vec<AgentRegistration>> {
+        Ok(self.read_events()?.agents)
     }
 
     pub fn load(&self) -> std::io::Result<KeyTable> {
-        let (listing, ids) = self.read_events()?;
+        let KeyFile { listing, ids, agents: registered } = self.read_events()?;
         let keys: HashMap<&str, &KeyListing> = listing.iter().map(|k| (k.id.as_str(), k)).collect();
         let mut states: HashMap<&str, Arc<UserState>> = HashMap::new();
         let mut by_hash = HashMap::new();
         for (hash, id) in ids {
             if let Some(k) = keys.get(id.as_str()).filter(|k| !k.revoked) {
                 let state = states.entry(k.user.as_str()).or_default().clone();
-                let info = KeyInfo { id: id.as_str().into(), user: k.user.as_str().into(), overrides: k.limits, state };
+                let info = KeyInfo {
+                    id: id.as_str().into(),
+                    user: k.user.as_str().into(),
+                    overrides: k.limits,
+                    state,
+                    registered_agents_only: k.registered_agents_only,
+                };
                 by_hash.insert(hash, info);
             }
         }
-        Ok(KeyTable { by_hash })
+        let mut agents: HashMap<String, std::collections::HashSet<String>> = HashMap::new();
+        for r in registered {
+            agents.entry(r.user).or_default().insert(r.agent);
+        }
+        Ok(KeyTable { by_hash, agents })
     }
 
     /// Size of the key file, used by the watcher to notice changes.
@@ -179,25 +252,35 @@ impl KeyStore {
         std::fs::metadata(&self.path).map_or(0, |m| m.len())
     }
 
-    fn read_events(&self) -> std::io::Result<(Vec<KeyListing>, HashMap<KeyHash, String>)> {
+    fn read_events(&self) -> std::io::Result<KeyFile> {
         let file = match File::open(&self.path) {
             Ok(f) => f,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((Vec::new(), HashMap::new())),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(KeyFile::default()),
             Err(e) => return Err(e),
         };
         let mut listing: Vec<KeyListing> = Vec::new();
         let mut ids = HashMap::new();
+        let mut agents = Vec::new();
         for line in BufReader::new(file).lines() {
             let line = line?;
             // A line cut short by a crash mid-append is skipped, not fatal: every complete line
             // before and after it is still read.
             let Ok(event) = serde_json::from_str::<KeyEvent>(&line) else { continue };
             match event {
-                KeyEvent::Create { id, user, hash, prefix, created_at, limits } => {
+                KeyEvent::Create { id, user, hash, prefix, created_at, limits, registered_agents_only } => {
                     let Some(hash) = from_hex(&hash) else { continue };
                     ids.insert(hash, id.clone());
-                    listing.push(KeyListing { id, user, prefix, created_at, revoked: false, limits });
+                    listing.push(KeyListing {
+                        id,
+                        user,
+                        prefix,
+                        created_at,
+                        revoked: false,
+                        limits,
+                        registered_agents_only,
+                    });
                 }
+                KeyEvent::RegisterAgent { user, agent, at } => agents.push(AgentRegistration { user, agent, at }),
                 KeyEvent::Revoke { id, .. } => {
                     for k in listing.iter_mut().filter(|k| k.id == id) {
                         k.revoked = true;
@@ -205,7 +288,7 @@ impl KeyStore {
                 }
             }
         }
-        Ok((listing, ids))
+        Ok(KeyFile { listing, ids, agents })
     }
 
     fn append(&self, event: &KeyEvent) -> std::io::Result<()> {
@@ -297,6 +380,24 @@ mod tests {
         second.adopt_states(&first);
         assert!(Arc::ptr_eq(&second.lookup(a.as_bytes()).unwrap().state, &ka.state));
         assert_eq!(store.list().unwrap()[0].limits, limits);
+    }
+
+    #[test]
+    fn registered_agents_per_user() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = KeyStore::new(dir.path());
+        let (strict, _) = store.create_key("erin", KeyLimits::default(), true).unwrap();
+        let (open, _) = store.create("erin").unwrap();
+        assert!(store.register_agent("erin", "billing-bot").unwrap());
+        assert!(!store.register_agent("erin", "billing-bot").unwrap(), "already registered");
+        let table = store.load().unwrap();
+        assert!(table.lookup(strict.as_bytes()).unwrap().registered_agents_only);
+        assert!(!table.lookup(open.as_bytes()).unwrap().registered_agents_only);
+        assert!(table.agent_registered("erin", b"billing-bot"));
+        assert!(!table.agent_registered("erin", b"other-bot"));
+        assert!(!table.agent_registered("frank", b"billing-bot"), "registrations are per user");
+        assert!(store.list().unwrap()[0].registered_agents_only);
+        assert_eq!(store.agents().unwrap()[0].agent, "billing-bot");
     }
 
     #[test]

@@ -4,13 +4,19 @@
 //! - `content`: what a record keeps of bodies and tools, by retention level.
 //! - `writer`: the bounded crossbeam channel, the async-waiting sender the workers hold, and the
 //!   writer thread that batches records into a `RecordSink`.
-//! - `store`: the RocksDB sink and the read side (feature `store`).
+//! - `layout`: the store's column families and keys (per user), values versioned.
+//! - `summary`: per-session and per-agent aggregates the writer keeps up to date.
+//! - `store`: the RocksDB sink and the queries of the read API and the CLI (feature `store`).
 
 pub mod content;
+pub mod layout;
 pub mod record;
 #[cfg(feature = "store")]
 pub mod store;
+pub mod summary;
 pub mod writer;
 
 pub use record::{CallRecord, Env, Outcome, Retention};
-pub use writer::{start_writer, CaptureSender, CaptureStats, RecordSink, WriterHandle};
+pub use writer::{
+    start_writer, CaptureSender, CaptureStats, Durability, Expiry, ExpiryScope, RecordSink, WriterHandle,
+};

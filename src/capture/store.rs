@@ -1,19 +1,39 @@
-//! The RocksDB capture store: the writer thread's sink and the read side.
+//! The RocksDB capture store: the writer thread's sink (`StoreWriter`) and the queries of the
+//! read API and the command line (`Store`).
 //!
-//! Layout: column family `calls`, key = the call id's 16 UUIDv7 bytes (time-ordered, so a scan is
-//! oldest first), value = `CallRecord::encode`. Writes go through the WAL without fsync per
-//! batch (a crash of the machine can lose the last batch; a crash of the process cannot);
-//! shutdown flushes the WAL with a sync.
+//! Layout: see `layout`. One writer thread owns every write: it reads the aggregates a record
+//! changes (from its cache, else the store), updates them, and writes the record, its index
+//! entries and the aggregates in one atomic `WriteBatch`. Readers share the same `Store` (RocksDB
+//! reads are safe beside the writer) or open it read-only from another process.
+//!
+//! Durability is the writer's setting (`Durability`): `sync` fsyncs the WAL with every batch,
+//! `async` writes the WAL without fsync. Closing the store always syncs the WAL.
 
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
-use rocksdb::{ColumnFamilyDescriptor, IteratorMode, Options, WriteBatch, WriteOptions, DB};
+use rocksdb::{
+    BlockBasedOptions, ColumnFamily, ColumnFamilyDescriptor, DBCompressionType, Options, ReadOptions, WriteBatch,
+    WriteOptions, DB,
+};
 
-use super::record::CallRecord;
-use super::writer::RecordSink;
+use super::layout::*;
+use super::record::{CallRecord, Env};
+use super::summary::{self, AgentSummary, Contribution, SessionSummary};
+use super::writer::{Durability, Expiry, ExpiryScope, RecordSink};
 
-const CF_CALLS: &str = "calls";
 const STORE_DIR: &str = "captures";
+/// Aggregates the writer keeps in memory; past this the cache starts over (a miss costs one
+/// point read). Sessions are small (~200 bytes), so this bounds the cache near 20 MiB.
+const CACHE_ENTRIES: usize = 100_000;
+/// Calls examined per retention step, so that one step never holds the writer for long.
+const EXPIRY_STEP: usize = 1000;
+/// How often retention looks for expired calls once it has caught up.
+const EXPIRY_INTERVAL: Duration = Duration::from_secs(60);
+/// Records per batch when a first-layout store is migrated.
+const MIGRATE_BATCH: usize = 512;
 
 pub struct Store {
     db: DB,
@@ -24,32 +44,55 @@ fn store_path(data_dir: &Path) -> PathBuf {
     data_dir.join(STORE_DIR)
 }
 
-fn key_of(id: &str) -> Vec<u8> {
-    match uuid::Uuid::parse_str(id) {
-        Ok(u) => u.as_bytes().to_vec(),
-        Err(_) => id.as_bytes().to_vec(),
+fn family_options(name: &str) -> Options {
+    let mut o = Options::default();
+    o.set_compression_type(DBCompressionType::Lz4);
+    if name == CF_CALL || name == CF_SESSION || name == CF_AGENT {
+        // Point reads: a bloom filter answers "not here" (new call ids, new sessions) from memory.
+        let mut table = BlockBasedOptions::default();
+        table.set_bloom_filter(10.0, false);
+        o.set_block_based_table_factory(&table);
     }
+    o
+}
+
+fn err(e: rocksdb::Error) -> String {
+    e.to_string()
 }
 
 impl Store {
-    /// Opens (creating if needed) the store for writing. Only one process may hold it.
+    /// Opens (creating if needed) the store for writing. Only one process may hold it. A store
+    /// of the first layout is migrated to this one.
     pub fn open(data_dir: &Path) -> Result<Store, String> {
+        let path = store_path(data_dir);
         let mut opts = Options::default();
         opts.create_if_missing(true);
         opts.create_missing_column_families(true);
-        opts.set_compression_type(rocksdb::DBCompressionType::Lz4);
-        let cfs = vec![ColumnFamilyDescriptor::new(CF_CALLS, Options::default())];
-        let path = store_path(data_dir);
+        opts.set_compression_type(DBCompressionType::Lz4);
+        let existing = DB::list_cf(&Options::default(), &path).unwrap_or_default();
+        let legacy = existing.iter().any(|n| n == CF_LEGACY_CALLS);
+        let mut names: Vec<&str> = FAMILIES.to_vec();
+        if legacy {
+            names.push(CF_LEGACY_CALLS);
+        }
+        let cfs = names.iter().map(|n| ColumnFamilyDescriptor::new(*n, family_options(n)));
         let db =
             DB::open_cf_descriptors(&opts, &path, cfs).map_err(|e| format!("capture store {}: {e}", path.display()))?;
-        Ok(Store { db, read_only: false })
+        let mut store = Store { db, read_only: false };
+        if legacy {
+            store.migrate_legacy().map_err(|e| format!("capture store {}: migration: {e}", path.display()))?;
+        }
+        Ok(store)
     }
 
     /// Opens the store read-only; works while a server holds it for writing, and sees what had
     /// reached the WAL when it was opened.
     pub fn open_read_only(data_dir: &Path) -> Result<Store, String> {
         let path = store_path(data_dir);
-        let db = DB::open_cf_for_read_only(&Options::default(), &path, [CF_CALLS], false)
+        let existing =
+            DB::list_cf(&Options::default(), &path).map_err(|e| format!("capture store {}: {e}", path.display()))?;
+        let names: Vec<&String> = existing.iter().filter(|n| n.as_str() != "default").collect();
+        let db = DB::open_cf_for_read_only(&Options::default(), &path, names, false)
             .map_err(|e| format!("capture store {}: {e}", path.display()))?;
         Ok(Store { db, read_only: true })
     }
@@ -58,46 +101,219 @@ impl Store {
         store_path(data_dir).join("CURRENT").exists()
     }
 
-    pub fn write(&self, records: &[CallRecord]) -> Result<(), rocksdb::Error> {
-        let cf = self.db.cf_handle(CF_CALLS).expect("calls column family exists");
-        let mut batch = WriteBatch::default();
-        for r in records {
-            batch.put_cf(cf, key_of(&r.id), r.encode());
-        }
-        let mut wo = WriteOptions::default();
-        wo.set_sync(false);
-        self.db.write_opt(batch, &wo)
-    }
-
-    /// All calls, oldest first.
-    pub fn calls(&self) -> Result<Vec<CallRecord>, String> {
-        let cf = self.db.cf_handle(CF_CALLS).expect("calls column family exists");
-        let mut out = Vec::new();
-        for item in self.db.iterator_cf(cf, IteratorMode::Start) {
-            let (_, v) = item.map_err(|e| e.to_string())?;
-            out.push(CallRecord::decode(&v)?);
-        }
-        Ok(out)
-    }
-
-    pub fn call(&self, id: &str) -> Result<Option<CallRecord>, String> {
-        let cf = self.db.cf_handle(CF_CALLS).expect("calls column family exists");
-        match self.db.get_cf(cf, key_of(id)).map_err(|e| e.to_string())? {
-            Some(v) => CallRecord::decode(&v).map(Some),
-            None => Ok(None),
-        }
+    fn cf(&self, name: &str) -> Option<&ColumnFamily> {
+        self.db.cf_handle(name)
     }
 
     /// Makes everything written so far durable.
     pub fn sync(&self) -> Result<(), rocksdb::Error> {
         self.db.flush_wal(true)
     }
+
+    /// Moves the records of the first layout (family `calls`, keyed by call id alone) into this
+    /// one, building the aggregates, then drops the old family.
+    fn migrate_legacy(&mut self) -> Result<(), String> {
+        let Some(old) = self.cf(CF_LEGACY_CALLS) else { return Ok(()) };
+        let mut records = Vec::new();
+        for item in self.db.iterator_cf(old, rocksdb::IteratorMode::Start) {
+            let (_, v) = item.map_err(err)?;
+            match CallRecord::decode(&v) {
+                Ok(r) => records.push(r),
+                Err(e) => tracing::warn!("skipping an unreadable record while migrating: {e}"),
+            }
+        }
+        let count = records.len();
+        let mut state = WriteState::default();
+        for chunk in records.chunks(MIGRATE_BATCH) {
+            state.write(self, chunk, Durability::Sync)?;
+        }
+        self.db.drop_cf(CF_LEGACY_CALLS).map_err(err)?;
+        tracing::info!(records = count, "capture store migrated to the per-user layout");
+        Ok(())
+    }
+
+    // ----- reads ---------------------------------------------------------------------------
+
+    /// Visits the entries of `cf` whose keys start with `prefix`, in key order, beginning after
+    /// `prefix ‖ after` when given; `visit` returns false to stop.
+    fn scan(
+        &self,
+        cf: &str,
+        prefix: &[u8],
+        after: Option<&[u8]>,
+        mut visit: impl FnMut(&[u8], &[u8]) -> bool,
+    ) -> Result<(), String> {
+        let Some(cf) = self.cf(cf) else { return Ok(()) };
+        let mut ro = ReadOptions::default();
+        if let Some(end) = prefix_end(prefix) {
+            ro.set_iterate_upper_bound(end);
+        }
+        let mut it = self.db.raw_iterator_cf_opt(cf, ro);
+        match after {
+            Some(position) => {
+                let start = [prefix, position].concat();
+                it.seek(&start);
+                if it.key() == Some(start.as_slice()) {
+                    it.next();
+                }
+            }
+            None => it.seek(prefix),
+        }
+        while let (Some(k), Some(v)) = (it.key(), it.value()) {
+            if !k.starts_with(prefix) || !visit(k, v) {
+                break;
+            }
+            it.next();
+        }
+        it.status().map_err(err)
+    }
+
+    fn get_many(&self, cf: &str, keys: &[Vec<u8>]) -> Result<Vec<Option<Vec<u8>>>, String> {
+        let Some(handle) = self.cf(cf) else { return Ok(vec![None; keys.len()]) };
+        self.db.multi_get_cf(keys.iter().map(|k| (handle, k))).into_iter().map(|r| r.map_err(err)).collect()
+    }
+
+    fn get(&self, cf: &str, key: &[u8]) -> Result<Option<Vec<u8>>, String> {
+        match self.cf(cf) {
+            Some(handle) => self.db.get_cf(handle, key).map_err(err),
+            None => Ok(None),
+        }
+    }
+
+    /// Every call of every user, oldest first (by id: call ids are UUIDv7, time-ordered).
+    pub fn calls(&self) -> Result<Vec<CallRecord>, String> {
+        let mut out = Vec::new();
+        let mut failure = None;
+        for cf in [CF_CALL, CF_LEGACY_CALLS] {
+            self.scan(cf, &[], None, |_, v| match CallRecord::decode(v) {
+                Ok(r) => {
+                    out.push(r);
+                    true
+                }
+                Err(e) => {
+                    failure = Some(e);
+                    false
+                }
+            })?;
+        }
+        if let Some(e) = failure {
+            return Err(e);
+        }
+        out.sort_by(|a, b| id_bytes(&a.id).cmp(&id_bytes(&b.id)));
+        Ok(out)
+    }
+
+    /// One of `user`'s calls. Another user's call id is simply not found.
+    pub fn call(&self, user: &str, id: &str) -> Result<Option<CallRecord>, String> {
+        self.get(CF_CALL, &call_key(user, id))?.map(|v| CallRecord::decode(&v)).transpose()
+    }
+
+    pub fn session(&self, user: &str, session_id: &str) -> Result<Option<SessionSummary>, String> {
+        self.get(CF_SESSION, &session_key(user, session_id))?.map(|v| summary::decode(&v)).transpose()
+    }
+
+    /// `user`'s agents, by name.
+    pub fn agents(&self, user: &str) -> Result<Vec<AgentSummary>, String> {
+        let mut out = Vec::new();
+        let mut failure = None;
+        self.scan(CF_AGENT, &user_prefix(user), None, |_, v| match summary::decode(v) {
+            Ok(a) => {
+                out.push(a);
+                true
+            }
+            Err(e) => {
+                failure = Some(e);
+                false
+            }
+        })?;
+        failure.map_or(Ok(out), Err)
+    }
+
+    /// Every user that has recorded calls (has an agent), by name.
+    pub fn users(&self) -> Result<Vec<String>, String> {
+        let mut users: Vec<String> = Vec::new();
+        self.scan(CF_AGENT, &[], None, |k, _| {
+            if let Some((user, _)) = split_user(k) {
+                if users.last().map(String::as_str) != Some(user) {
+                    users.push(user.to_string());
+                }
+            }
+            true
+        })?;
+        users.sort();
+        Ok(users)
+    }
+
+    /// A page of an agent's sessions, newest started first, optionally of one env. `after` is a
+    /// position returned as the previous page's `next`.
+    pub fn sessions(
+        &self,
+        user: &str,
+        agent: &str,
+        env: Option<Env>,
+        limit: usize,
+        after: Option<&[u8]>,
+    ) -> Result<Page<SessionSummary>, String> {
+        let prefix = agent_sessions_prefix(user, agent, env.map_or(ANY_ENV, env_tag));
+        let positions = self.positions(CF_AGENT_SESSIONS, &prefix, limit, after)?;
+        let user_key = user_prefix(user);
+        let keys: Vec<Vec<u8>> = positions
+            .items
+            .iter()
+            .filter_map(|p| position_session(p))
+            .map(|sid| [user_key.as_slice(), sid].concat())
+            .collect();
+        let mut items = Vec::with_capacity(keys.len());
+        for v in self.get_many(CF_SESSION, &keys)?.into_iter().flatten() {
+            items.push(summary::decode(&v)?);
+        }
+        Ok(Page { items, next: positions.next })
+    }
+
+    /// A page of a session's calls, oldest first.
+    pub fn session_calls(
+        &self,
+        user: &str,
+        session_id: &str,
+        limit: usize,
+        after: Option<&[u8]>,
+    ) -> Result<Page<CallRecord>, String> {
+        let prefix = session_calls_prefix(user, session_id);
+        let positions = self.positions(CF_SESSION_CALLS, &prefix, limit, after)?;
+        let user_key = user_prefix(user);
+        let keys: Vec<Vec<u8>> =
+            positions.items.iter().filter(|p| p.len() > 8).map(|p| [user_key.as_slice(), &p[8..]].concat()).collect();
+        let mut items = Vec::with_capacity(keys.len());
+        // A call removed by retention leaves no index entry; a missing one is skipped, not an error.
+        for v in self.get_many(CF_CALL, &keys)?.into_iter().flatten() {
+            items.push(CallRecord::decode(&v)?);
+        }
+        Ok(Page { items, next: positions.next })
+    }
+
+    /// Up to `limit` index positions (keys without `prefix`) after `after`, and the position to
+    /// continue from when more remain.
+    fn positions(&self, cf: &str, prefix: &[u8], limit: usize, after: Option<&[u8]>) -> Result<Page<Vec<u8>>, String> {
+        let mut items = Vec::with_capacity(limit.min(1024));
+        let mut more = false;
+        self.scan(cf, prefix, after, |k, _| {
+            if items.len() == limit {
+                more = true;
+                return false;
+            }
+            items.push(k[prefix.len()..].to_vec());
+            true
+        })?;
+        let next = if more { items.last().cloned() } else { None };
+        Ok(Page { items, next })
+    }
 }
 
-impl RecordSink for Store {
-    fn write_batch(&mut self, records: &[CallRecord]) -> std::io::Result<()> {
-        self.write(records).map_err(std::io::Error::other)
-    }
+/// One page of a listing; `next` is where the following page starts (none: this is the last).
+#[derive(Debug)]
+pub struct Page<T> {
+    pub items: Vec<T>,
+    pub next: Option<Vec<u8>>,
 }
 
 impl Drop for Store {
@@ -111,28 +327,327 @@ impl Drop for Store {
     }
 }
 
+/// The writer thread's side of the store: the aggregate cache and the batch builder.
+pub struct StoreWriter {
+    store: Arc<Store>,
+    durability: Durability,
+    state: WriteState,
+    expiry: Option<Expiry>,
+    next_expiry: Instant,
+    /// The last `by_time` key retention handled: the next step starts after it rather than
+    /// stepping again over the tombstones of the entries it deleted.
+    expired_to: Option<Vec<u8>>,
+}
+
+impl StoreWriter {
+    pub fn new(store: Arc<Store>, durability: Durability) -> StoreWriter {
+        StoreWriter {
+            store,
+            durability,
+            state: WriteState::default(),
+            expiry: None,
+            next_expiry: Instant::now(),
+            expired_to: None,
+        }
+    }
+
+    /// Removes content, or whole calls, older than `expiry.after`, a step at a time between batches.
+    pub fn with_expiry(mut self, expiry: Option<Expiry>) -> StoreWriter {
+        self.expiry = expiry;
+        self
+    }
+
+    pub fn store(&self) -> &Arc<Store> {
+        &self.store
+    }
+
+    /// One retention step: up to `EXPIRY_STEP` calls older than the cutoff. Returns how many
+    /// calls it changed or removed.
+    pub fn expire_step(&mut self, expiry: Expiry, now_ms: u64) -> Result<usize, String> {
+        let cutoff = now_ms.saturating_sub(expiry.after.as_millis() as u64);
+        let mut expired: Vec<Vec<u8>> = Vec::new();
+        let mut failure = None;
+        self.store.scan(CF_BY_TIME, &[], self.expired_to.as_deref(), |k, _| match split_by_time(k) {
+            Some((ms, _)) if ms < cutoff && expired.len() < EXPIRY_STEP => {
+                expired.push(k.to_vec());
+                true
+            }
+            Some(_) => false,
+            None => {
+                failure = Some("bad by_time key".to_string());
+                false
+            }
+        })?;
+        if let Some(e) = failure {
+            return Err(e);
+        }
+        let db = &self.store.db;
+        let handle = |name| self.store.cf(name).expect("the store opened every family");
+        let mut batch = WriteBatch::default();
+        let mut changed = 0;
+        for key in &expired {
+            batch.delete_cf(handle(CF_BY_TIME), key);
+            let Some((ms, call_key)) = split_by_time(key) else { continue };
+            let Some(bytes) = db.get_cf(handle(CF_CALL), call_key).map_err(err)? else { continue };
+            let mut record = CallRecord::decode(&bytes)?;
+            match expiry.scope {
+                ExpiryScope::Content => {
+                    if record.request.is_none() && record.response.is_none() && record.tools.is_none() {
+                        continue;
+                    }
+                    record.request = None;
+                    record.response = None;
+                    record.tools = None;
+                    batch.put_cf(handle(CF_CALL), call_key, record.encode());
+                }
+                ExpiryScope::Records => {
+                    // The session and agent totals keep counting it: they are history, not a
+                    // view of what is still stored.
+                    batch.delete_cf(handle(CF_CALL), call_key);
+                    let index = [
+                        session_calls_prefix(&record.user, &record.session_id),
+                        session_calls_position(ms, &record.id),
+                    ]
+                    .concat();
+                    batch.delete_cf(handle(CF_SESSION_CALLS), index);
+                }
+            }
+            changed += 1;
+        }
+        if !expired.is_empty() {
+            let mut wo = WriteOptions::default();
+            wo.set_sync(self.durability == Durability::Sync);
+            db.write_opt(batch, &wo).map_err(err)?;
+            self.expired_to = expired.last().cloned();
+        }
+        // Caught up: look again later. Behind: continue at the next tick.
+        self.next_expiry = Instant::now() + if expired.len() < EXPIRY_STEP { EXPIRY_INTERVAL } else { Duration::ZERO };
+        Ok(changed)
+    }
+}
+
+impl RecordSink for StoreWriter {
+    fn write_batch(&mut self, records: &[CallRecord]) -> std::io::Result<()> {
+        self.state.write(&self.store, records, self.durability).map_err(std::io::Error::other)
+    }
+
+    fn tick(&mut self) {
+        let Some(expiry) = self.expiry else { return };
+        if Instant::now() < self.next_expiry {
+            return;
+        }
+        match self.expire_step(expiry, now_ms()) {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(calls = n, scope = ?expiry.scope, "retention removed expired capture data"),
+            Err(e) => {
+                tracing::warn!("retention step failed: {e}");
+                self.next_expiry = Instant::now() + EXPIRY_INTERVAL;
+            }
+        }
+    }
+}
+
+/// The aggregates as last written, by key. Only the writer thread touches it.
+#[derive(Default)]
+struct WriteState {
+    sessions: HashMap<Vec<u8>, SessionSummary>,
+    agents: HashMap<Vec<u8>, AgentSummary>,
+}
+
+impl WriteState {
+    fn session(&self, store: &Store, key: &[u8]) -> Result<Option<SessionSummary>, String> {
+        if let Some(s) = self.sessions.get(key) {
+            return Ok(Some(s.clone()));
+        }
+        Ok(store.get(CF_SESSION, key)?.and_then(|v| {
+            // A summary that cannot be read must not stop every later write: start it anew.
+            summary::decode(&v).map_err(|e| tracing::warn!("unreadable session summary, restarting it: {e}")).ok()
+        }))
+    }
+
+    fn agent(&self, store: &Store, key: &[u8]) -> Result<Option<AgentSummary>, String> {
+        if let Some(a) = self.agents.get(key) {
+            return Ok(Some(a.clone()));
+        }
+        Ok(store.get(CF_AGENT, key)?.and_then(|v| {
+            summary::decode(&v).map_err(|e| tracing::warn!("unreadable agent summary, restarting it: {e}")).ok()
+        }))
+    }
+
+    fn recorded(store: &Store, key: &[u8]) -> Result<bool, String> {
+        let cf = store.cf(CF_CALL).expect("the store opened every family");
+        Ok(store.db.key_may_exist_cf(cf, key) && store.db.get_pinned_cf(cf, key).map_err(err)?.is_some())
+    }
+
+    /// Writes `records` and everything they change in one batch. The cache is updated only
+    /// once the batch is written, so a failed write (retried by the writer) counts nothing twice.
+    fn write(&mut self, store: &Store, records: &[CallRecord], durability: Durability) -> Result<(), String> {
+        let handle = |name| store.cf(name).expect("the store opened every family");
+        let mut batch = WriteBatch::default();
+        let mut sessions: HashMap<Vec<u8>, SessionSummary> = HashMap::new();
+        let mut agents: HashMap<Vec<u8>, AgentSummary> = HashMap::new();
+        let mut seen: HashSet<Vec<u8>> = HashSet::new();
+        for r in records {
+            let call_key = call_key(&r.user, &r.id);
+            if seen.contains(&call_key) || Self::recorded(store, &call_key)? {
+                // Only a resent record can get here; counting it again would double the sums.
+                tracing::warn!(id = %r.id, "a call already recorded was sent again; kept once");
+                continue;
+            }
+            let ms = started_ms(r);
+            let c = Contribution::of(r);
+
+            let session_key = session_key(&r.user, &r.session_id);
+            let previous = match sessions.remove(&session_key) {
+                Some(s) => Some(s),
+                None => self.session(store, &session_key)?,
+            };
+            let new_session = previous.is_none();
+            let mut session = previous.unwrap_or_else(|| SessionSummary::new(r, ms));
+            if new_session || ms < session.started_ms {
+                // The session's place in its agent's lists is its start: (re)index it.
+                for tag in [ANY_ENV, env_tag(session.env)] {
+                    let prefix = agent_sessions_prefix(&r.user, &session.agent, tag);
+                    if !new_session {
+                        let old = agent_sessions_position(session.started_ms, &session.session_id);
+                        batch.delete_cf(handle(CF_AGENT_SESSIONS), [prefix.as_slice(), &old].concat());
+                    }
+                    let position = agent_sessions_position(ms.min(session.started_ms), &session.session_id);
+                    batch.put_cf(handle(CF_AGENT_SESSIONS), [prefix.as_slice(), &position].concat(), []);
+                }
+            }
+            session.add(ms, &c);
+            sessions.insert(session_key, session);
+
+            let agent_key = agent_key(&r.user, &r.agent);
+            let agent = match agents.remove(&agent_key) {
+                Some(a) => Some(a),
+                None => self.agent(store, &agent_key)?,
+            };
+            let mut agent = agent.unwrap_or_else(|| AgentSummary::new(&r.agent, ms));
+            agent.add(ms, new_session, &c);
+            agents.insert(agent_key, agent);
+
+            batch.put_cf(handle(CF_CALL), &call_key, r.encode());
+            let index = [session_calls_prefix(&r.user, &r.session_id), session_calls_position(ms, &r.id)].concat();
+            batch.put_cf(handle(CF_SESSION_CALLS), index, []);
+            batch.put_cf(handle(CF_BY_TIME), by_time_key(ms, &r.user, &r.id), []);
+            seen.insert(call_key);
+        }
+        for (k, s) in &sessions {
+            batch.put_cf(handle(CF_SESSION), k, summary::encode(s));
+        }
+        for (k, a) in &agents {
+            batch.put_cf(handle(CF_AGENT), k, summary::encode(a));
+        }
+        let mut wo = WriteOptions::default();
+        wo.set_sync(durability == Durability::Sync);
+        store.db.write_opt(batch, &wo).map_err(err)?;
+        if self.sessions.len() + sessions.len() > CACHE_ENTRIES {
+            self.sessions.clear();
+        }
+        if self.agents.len() + agents.len() > CACHE_ENTRIES {
+            self.agents.clear();
+        }
+        self.sessions.extend(sessions);
+        self.agents.extend(agents);
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::capture::record::sample;
 
+    fn record(user: &str, session: &str, started_at: &str) -> CallRecord {
+        let mut r = sample(&uuid::Uuid::now_v7().to_string());
+        r.user = user.into();
+        r.session_id = session.into();
+        r.started_at = started_at.into();
+        r
+    }
+
     #[test]
     fn records_come_back_oldest_first_and_by_id() {
         let dir = tempfile::tempdir().unwrap();
-        let ids: Vec<String> = (0..5).map(|_| uuid::Uuid::now_v7().to_string()).collect();
+        let records: Vec<CallRecord> = (0..5).map(|_| record("u", "s", "2026-11-26T00:00:00.000Z")).collect();
         {
-            let store = Store::open(dir.path()).unwrap();
-            let mut records: Vec<CallRecord> = ids.iter().map(|id| sample(id)).collect();
-            records.reverse();
-            store.write(&records[..2]).unwrap();
-            store.write(&records[2..]).unwrap();
+            let store = Arc::new(Store::open(dir.path()).unwrap());
+            let mut w = StoreWriter::new(store.clone(), Durability::Async);
+            let mut reversed = records.clone();
+            reversed.reverse();
+            w.write_batch(&reversed[..2]).unwrap();
+            w.write_batch(&reversed[2..]).unwrap();
             let ro = Store::open_read_only(dir.path()).unwrap();
             assert_eq!(ro.calls().unwrap().len(), 5, "a reader sees what the writer wrote while it runs");
         }
         let store = Store::open(dir.path()).unwrap();
         let got: Vec<String> = store.calls().unwrap().into_iter().map(|r| r.id).collect();
-        assert_eq!(got, ids);
-        assert_eq!(store.call(&ids[3]).unwrap().unwrap().id, ids[3]);
-        assert!(store.call(&uuid::Uuid::now_v7().to_string()).unwrap().is_none());
+        assert_eq!(got, records.iter().map(|r| r.id.clone()).collect::<Vec<_>>());
+        assert_eq!(store.call("u", &records[3].id).unwrap().unwrap().id, records[3].id);
+        assert!(store.call("other", &records[3].id).unwrap().is_none(), "another user's call is not found");
+        assert_eq!(store.session("u", "s").unwrap().unwrap().totals.calls, 5);
+    }
+
+    #[test]
+    fn a_resent_record_counts_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Store::open(dir.path()).unwrap());
+        let mut w = StoreWriter::new(store.clone(), Durability::Sync);
+        let r = record("u", "s", "2026-11-26T00:00:00.000Z");
+        w.write_batch(&[r.clone(), r.clone()]).unwrap();
+        w.write_batch(std::slice::from_ref(&r)).unwrap();
+        // A fresh writer (empty cache) still sees it in the store.
+        StoreWriter::new(store.clone(), Durability::Sync).write_batch(&[r]).unwrap();
+        assert_eq!(store.calls().unwrap().len(), 1);
+        assert_eq!(store.session("u", "s").unwrap().unwrap().totals.calls, 1);
+        assert_eq!(store.agents("u").unwrap()[0].totals.calls, 1);
+    }
+
+    #[test]
+    fn first_layout_is_migrated() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = store_path(dir.path());
+        let r = record("u", "s", "2026-11-26T00:00:00.000Z");
+        {
+            let mut opts = Options::default();
+            opts.create_if_missing(true);
+            opts.create_missing_column_families(true);
+            let db = DB::open_cf(&opts, &path, [CF_LEGACY_CALLS]).unwrap();
+            let cf = db.cf_handle(CF_LEGACY_CALLS).unwrap();
+            db.put_cf(cf, uuid::Uuid::parse_str(&r.id).unwrap().as_bytes(), r.encode()).unwrap();
+        }
+        let store = Store::open(dir.path()).unwrap();
+        assert!(store.cf(CF_LEGACY_CALLS).is_none());
+        assert_eq!(store.call("u", &r.id).unwrap().unwrap(), r);
+        assert_eq!(store.agents("u").unwrap()[0].sessions, 1);
+    }
+
+    #[test]
+    fn retention_removes_old_content_or_old_calls() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Store::open(dir.path()).unwrap());
+        let mut w = StoreWriter::new(store.clone(), Durability::Async);
+        let mut old = record("u", "s", "2026-01-01T00:00:00.000Z");
+        old.request = Some(serde_json::json!({"messages": []}));
+        let mut new = record("u", "s", "2026-11-26T00:00:00.000Z");
+        new.request = Some(serde_json::json!({"messages": []}));
+        w.write_batch(&[old.clone(), new.clone()]).unwrap();
+        let now = started_ms(&new) + 1000;
+        let day = Duration::from_secs(86_400);
+
+        let content = Expiry { after: day, scope: ExpiryScope::Content };
+        assert_eq!(w.expire_step(content, now).unwrap(), 1);
+        assert!(store.call("u", &old.id).unwrap().unwrap().request.is_none(), "old content removed");
+        assert!(store.call("u", &new.id).unwrap().unwrap().request.is_some(), "recent content kept");
+        assert_eq!(w.expire_step(content, now).unwrap(), 0, "nothing left to do");
+
+        w.write_batch(&[record("u", "s2", "2026-01-02T00:00:00.000Z")]).unwrap();
+        let records = Expiry { after: day, scope: ExpiryScope::Records };
+        assert_eq!(w.expire_step(records, now).unwrap(), 1);
+        assert_eq!(store.calls().unwrap().len(), 2);
+        assert!(store.session_calls("u", "s2", 10, None).unwrap().items.is_empty());
+        assert_eq!(store.session("u", "s2").unwrap().unwrap().totals.calls, 1, "totals are history");
     }
 }

@@ -1,10 +1,24 @@
 //! The path from a worker to the store: a bounded crossbeam channel and one writer thread.
 //!
 //! A worker never blocks its thread on capture: `CaptureSender::send` tries the channel and, when
-//! it is full, parks only the calling connection on a short timer and tries again. It never drops
-//! a record. The writer thread takes whatever is queued (up to `MAX_BATCH`) and writes it as one
-//! batch, so the write rate follows the load (group commit); when every sender is gone, or when
-//! told to finish, it drains the channel and returns.
+//! it is full, parks only the calling connection on a short timer and tries again (each such wait
+//! counts in `CaptureStats::full_waits`). It never drops a record.
+//!
+//! Batching: the writer takes whatever is queued, up to `MAX_BATCH` records, and writes it as one
+//! batch. It does not wait to fill a batch: while one batch is written (and, under `sync`,
+//! fsynced) the next queues up, so batches grow with the load (group commit) and an idle proxy
+//! writes each record at once. When every sender is gone, or when told to finish, it drains the
+//! channel and returns.
+//!
+//! Durability (`capture.durability`, `--durability`):
+//! - `sync`: every batch is fsynced (WAL) before the next is taken. A crash of the process or of
+//!   the machine loses only records not yet in a written batch: those still in the channel and
+//!   the batch being written (calls whose answers had already been sent).
+//! - `async` (default): the WAL is written without fsync. A crash of the process loses the same
+//!   as `sync`; a crash of the machine (power, kernel) can also lose the batches the OS had not
+//!   yet flushed to disk, typically the last few seconds.
+//! - Either way, a clean shutdown (SIGTERM/SIGINT) writes everything queued and syncs: nothing
+//!   is lost.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -24,9 +38,58 @@ const FINISH_POLL: Duration = Duration::from_millis(50);
 const FULL_WAIT_MIN: Duration = Duration::from_micros(200);
 const FULL_WAIT_MAX: Duration = Duration::from_millis(20);
 
+/// How hard a written batch is made durable; see the module documentation for what each loses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Durability {
+    /// fsync the WAL with every batch.
+    Sync,
+    /// Write the WAL without fsync.
+    #[default]
+    Async,
+}
+
+impl Durability {
+    pub fn parse(s: &str) -> Option<Durability> {
+        match s {
+            "sync" => Some(Durability::Sync),
+            "async" => Some(Durability::Async),
+            _ => None,
+        }
+    }
+}
+
+/// Retention in time: what goes once a call is older than `after`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Expiry {
+    pub after: Duration,
+    pub scope: ExpiryScope,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExpiryScope {
+    /// The request, response and tool content; the call's metadata stays.
+    Content,
+    /// The whole call record (session and agent totals keep counting it).
+    Records,
+}
+
+impl ExpiryScope {
+    pub fn parse(s: &str) -> Option<ExpiryScope> {
+        match s {
+            "content" => Some(ExpiryScope::Content),
+            "records" => Some(ExpiryScope::Records),
+            _ => None,
+        }
+    }
+}
+
 /// Where batches go: RocksDB in the server, memory in tests.
 pub trait RecordSink: Send + 'static {
     fn write_batch(&mut self, records: &[CallRecord]) -> std::io::Result<()>;
+
+    /// Called between batches and when idle (at least every `FINISH_POLL`): room for background
+    /// work that must run on the thread that owns the store, such as retention.
+    fn tick(&mut self) {}
 }
 
 /// Counters shared by the senders and the writer.
@@ -38,6 +101,8 @@ pub struct CaptureStats {
     pub full_waits: AtomicU64,
     /// Batches that failed to write (retried until they succeed).
     pub write_errors: AtomicU64,
+    /// Batches written.
+    pub batches: AtomicU64,
 }
 
 #[derive(Clone)]
@@ -110,7 +175,10 @@ fn run_writer(rx: &Receiver<CallRecord>, sink: &mut dyn RecordSink, stats: &Capt
         let first = match rx.recv_timeout(FINISH_POLL) {
             Ok(r) => r,
             Err(RecvTimeoutError::Timeout) if finish.load(Ordering::Acquire) => return,
-            Err(RecvTimeoutError::Timeout) => continue,
+            Err(RecvTimeoutError::Timeout) => {
+                sink.tick();
+                continue;
+            }
             Err(RecvTimeoutError::Disconnected) => return,
         };
         batch.push(first);
@@ -130,7 +198,9 @@ fn run_writer(rx: &Receiver<CallRecord>, sink: &mut dyn RecordSink, stats: &Capt
             retry = (retry * 2).min(Duration::from_secs(1));
         }
         stats.written.fetch_add(batch.len() as u64, Ordering::Relaxed);
+        stats.batches.fetch_add(1, Ordering::Relaxed);
         batch.clear();
+        sink.tick();
     }
 }
 

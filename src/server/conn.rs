@@ -148,6 +148,12 @@ async fn handle_request(w: &Rc<Worker>, client: &mut ClientConn, head: RequestHe
             }
             return answer_locally(w, client, resp, close_unless_body_read).await;
         }
+        Ok(Route::NotFound) if crate::api::handles(head.target(data)) => {
+            let request = crate::api::prepare(data, &head, &w.shared.keys.load());
+            client.consume(head.len);
+            let resp = crate::api::respond(w.shared.reads.as_ref(), request, close_unless_body_read).await;
+            return answer_locally(w, client, resp, close_unless_body_read).await;
+        }
         Ok(Route::NotFound) => Err(ProxyError::not_found()),
         Ok(Route::Proxy { provider, endpoint, upstream_target, path_model }) => {
             plan_call(w, data, &head, provider, endpoint, upstream_target, path_model)

@@ -19,6 +19,8 @@ use std::thread::JoinHandle;
 
 use rustls::ClientConfig;
 
+use crate::api::reader::ReaderThreads;
+use crate::api::Readers;
 use crate::auth::store::watch_keys;
 use crate::auth::{KeyStore, SharedKeys};
 use crate::capture::{start_writer, CaptureSender, CaptureStats, RecordSink, WriterHandle};
@@ -37,6 +39,9 @@ pub struct Shared {
     pub shutdown: Arc<AtomicBool>,
     /// Prices for the cost of each call.
     pub pricing: Arc<PriceTable>,
+    /// The read API's reader threads; none when the server records into something other than
+    /// the RocksDB store (the read API then answers 503).
+    pub reads: Option<Readers>,
 }
 
 /// A started server. `shutdown` stops accepting, lets in-flight calls finish (bounded by the
@@ -50,6 +55,7 @@ pub struct ServerHandle {
     writer: Option<WriterHandle>,
     key_watcher: Option<JoinHandle<()>>,
     resolver: Option<JoinHandle<()>>,
+    readers: Option<ReaderThreads>,
     stats: Arc<CaptureStats>,
 }
 
@@ -77,8 +83,12 @@ impl ServerHandle {
                 tracing::error!("a worker thread panicked");
             }
         }
-        // Every worker has ended its connections; the writer drains what they queued.
+        // Every worker has ended its connections; the writer drains what they queued. The
+        // readers and the writer hold the store open until they end.
         self.shared.take();
+        if let Some(readers) = self.readers.take() {
+            readers.finish();
+        }
         if let Some(writer) = self.writer.take() {
             writer.finish();
         }
@@ -97,10 +107,10 @@ impl Drop for ServerHandle {
     }
 }
 
-/// Starts the workers with `sink` as the capture store.
+/// Starts the workers with `sink` as the capture store (the read API answers 503: no store).
 pub fn start_with_sink(config: Config, sink: impl RecordSink) -> Result<ServerHandle, String> {
     let listeners = runtime::bind_listeners(config.listen, config.workers)?;
-    launch(config, listeners, sink)
+    launch(config, listeners, sink, None)
 }
 
 /// Starts the server with the RocksDB store in the data dir.
@@ -109,14 +119,19 @@ pub fn start(config: Config) -> Result<ServerHandle, String> {
     // Bind first: a taken port should fail before anything is opened or started.
     let listeners = runtime::bind_listeners(config.listen, config.workers)?;
     std::fs::create_dir_all(&config.data_dir).map_err(|e| format!("data dir {}: {e}", config.data_dir.display()))?;
-    let store = crate::capture::store::Store::open(&config.data_dir)?;
-    launch(config, listeners, store)
+    let store = Arc::new(crate::capture::store::Store::open(&config.data_dir)?);
+    let readers = crate::api::reader::start_readers(store.clone(), crate::api::reader::READER_THREADS)
+        .map_err(|e| format!("reader threads: {e}"))?;
+    let sink =
+        crate::capture::store::StoreWriter::new(store, config.capture.durability).with_expiry(config.capture.expiry);
+    launch(config, listeners, sink, Some(readers))
 }
 
 fn launch(
     config: Config,
     listeners: Vec<std::net::TcpListener>,
     sink: impl RecordSink,
+    readers: Option<(Readers, ReaderThreads)>,
 ) -> Result<ServerHandle, String> {
     // Everything that can fail on bad settings runs before any thread starts.
     let driver = runtime::choose_driver(config.driver)?;
@@ -137,7 +152,11 @@ fn launch(
     let (resolver, resolver_thread) = start_resolver(&config.upstreams, stop.clone()).map_err(stop_on_error)?;
     let (capture, writer) = start_writer(sink, config.capture_channel_capacity).map_err(stop_on_error)?;
     let stats = capture.stats().clone();
-    let shared = Arc::new(Shared { config, keys, capture, tls, resolver, shutdown: stop.clone(), pricing });
+    let (reads, reader_threads) = match readers {
+        Some((r, threads)) => (Some(r), Some(threads)),
+        None => (None, None),
+    };
+    let shared = Arc::new(Shared { config, keys, capture, tls, resolver, shutdown: stop.clone(), pricing, reads });
     let mut handle = ServerHandle {
         addr,
         driver,
@@ -147,6 +166,7 @@ fn launch(
         writer: Some(writer),
         key_watcher: Some(key_watcher),
         resolver: Some(resolver_thread),
+        readers: reader_threads,
         stats,
     };
     // On failure, dropping `handle` stops and joins whatever did start.
