@@ -60,6 +60,8 @@ pub struct CaptureSettings {
     pub durability: Durability,
     /// Retention in time: content or whole calls older than this are removed while running.
     pub expiry: Option<Expiry>,
+    /// Write records to the store (false: discard them, `--no-capture`).
+    pub store: bool,
 }
 
 impl Default for CaptureSettings {
@@ -70,6 +72,7 @@ impl Default for CaptureSettings {
             pricing_file: None,
             durability: Durability::default(),
             expiry: None,
+            store: true,
         }
     }
 }
@@ -309,6 +312,7 @@ fn resolve_with_env(args: ServeArgs, env: &dyn Fn(&str) -> Option<String>) -> Re
             pricing_file: args.pricing.or(file.capture.pricing_file),
             durability,
             expiry,
+            store: !args.no_capture,
         },
     })
 }

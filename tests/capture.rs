@@ -492,3 +492,16 @@ fn include_usage_rewrite_whatever_the_upstream_framing() {
     assert_eq!(records.len(), 4);
     assert!(records.iter().all(|r| r.usage == Some(openai_usage()) && r.outcome == Outcome::Ok));
 }
+
+#[test]
+fn no_capture_relays_and_stores_nothing() {
+    let mock = MockUpstream::start_plain();
+    let mut proxy = Proxy::start(&mock, |c| c.capture.store = false);
+    let resp = call(&proxy, &Call { path: CHAT, body: r#"{"model":"gpt-4o-mini","messages":[]}"#, extra: vec![] });
+    assert_eq!(resp.status, 200);
+    let read = send(proxy.addr, &request("GET", "/api/agents", &[("X-Kurral-API-Key", proxy.key.as_str())], b""));
+    assert_eq!(read.status, 503, "no store to read: {}", read.text());
+    proxy.server.take().unwrap().shutdown();
+    let stored: Vec<_> = std::fs::read_dir(proxy.data_dir()).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert!(stored.iter().all(|n| n == "keys.jsonl"), "only the key file: {stored:?}");
+}

@@ -18,5 +18,5 @@ pub mod writer;
 
 pub use record::{CallRecord, Env, Outcome, Retention};
 pub use writer::{
-    start_writer, CaptureSender, CaptureStats, Durability, Expiry, ExpiryScope, RecordSink, WriterHandle,
+    start_writer, CaptureSender, CaptureStats, Discard, Durability, Expiry, ExpiryScope, RecordSink, WriterHandle,
 };

@@ -92,6 +92,16 @@ pub trait RecordSink: Send + 'static {
     fn tick(&mut self) {}
 }
 
+/// A sink that keeps nothing (`--no-capture`): records still pass through the channel and the
+/// writer thread, so only the store's own cost is left out.
+pub struct Discard;
+
+impl RecordSink for Discard {
+    fn write_batch(&mut self, _records: &[CallRecord]) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
 /// Counters shared by the senders and the writer.
 #[derive(Debug, Default)]
 pub struct CaptureStats {

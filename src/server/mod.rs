@@ -119,6 +119,10 @@ pub fn start(config: Config) -> Result<ServerHandle, String> {
     // Bind first: a taken port should fail before anything is opened or started.
     let listeners = runtime::bind_listeners(config.listen, config.workers)?;
     std::fs::create_dir_all(&config.data_dir).map_err(|e| format!("data dir {}: {e}", config.data_dir.display()))?;
+    if !config.capture.store {
+        tracing::warn!("--no-capture: records are discarded, not stored");
+        return launch(config, listeners, crate::capture::Discard, None);
+    }
     let store = Arc::new(crate::capture::store::Store::open(&config.data_dir)?);
     let readers = crate::api::reader::start_readers(store.clone(), crate::api::reader::READER_THREADS)
         .map_err(|e| format!("reader threads: {e}"))?;
