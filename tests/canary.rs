@@ -50,6 +50,9 @@ fn forms(secret: &str) -> Vec<String> {
     v
 }
 
+/// One call: path and query, extra fields, body.
+type Canary<'a> = (String, Vec<(&'a str, &'a str)>, &'a str);
+
 fn files_under(dir: &Path, out: &mut Vec<(String, Vec<u8>)>) {
     for entry in std::fs::read_dir(dir).unwrap().flatten() {
         let path = entry.path();
@@ -104,7 +107,7 @@ fn no_provider_key_anywhere_and_kurral_keys_only_as_hashes() {
 
     let bearer_openai = format!("Bearer {OPENAI}");
     let bearer_anthropic = format!("Bearer {ANTHROPIC}");
-    let calls: Vec<(String, Vec<(&str, &str)>, &str)> = vec![
+    let calls: Vec<Canary<'_>> = vec![
         (
             "/api/proxy/openai/v1/chat/completions".into(),
             vec![("Authorization", &bearer_openai)],
