@@ -505,3 +505,74 @@ fn no_capture_relays_and_stores_nothing() {
     let stored: Vec<_> = std::fs::read_dir(proxy.data_dir()).unwrap().map(|e| e.unwrap().file_name()).collect();
     assert!(stored.iter().all(|n| n == "keys.jsonl"), "only the key file: {stored:?}");
 }
+
+/// A store slower than the calls (a writer that takes 50 ms a batch) behind a channel of 4: the
+/// channel fills, the calls wait for room (counted), the worker threads keep answering other
+/// connections at once, and every record arrives.
+#[test]
+fn a_slow_store_makes_calls_wait_but_never_loses_a_record_or_blocks_a_worker() {
+    use std::sync::{Arc, Mutex};
+
+    struct SlowSink(Arc<Mutex<Vec<String>>>);
+    impl kurral_proxy::capture::RecordSink for SlowSink {
+        fn write_batch(&mut self, records: &[CallRecord]) -> std::io::Result<()> {
+            std::thread::sleep(std::time::Duration::from_millis(50));
+            self.0.lock().unwrap().extend(records.iter().map(|r| r.id.clone()));
+            Ok(())
+        }
+    }
+
+    let mock = MockUpstream::start_plain();
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = kurral_proxy::config::Config::for_data_dir(dir.path());
+    config.workers = 2;
+    config.limits.requests_per_minute = 0;
+    config.limits.max_concurrent = 0;
+    config.capture_channel_capacity = 4;
+    let url = kurral_proxy::upstream::UpstreamUrl::parse(&mock.url()).unwrap();
+    config.upstreams = [url.clone(), url.clone(), url];
+    let (key, _) = kurral_proxy::auth::KeyStore::new(dir.path()).create("alice").unwrap();
+    let written = Arc::new(Mutex::new(Vec::new()));
+    let server = kurral_proxy::server::start_with_sink(config, SlowSink(written.clone())).unwrap();
+    let addr = server.addr;
+
+    let auth = format!("Bearer {OPENAI_KEY}");
+    let body = br#"{"model":"gpt-4o-mini","messages":[]}"#;
+    let served = std::sync::atomic::AtomicUsize::new(0);
+    let slowest_health = std::thread::scope(|s| {
+        for _ in 0..8 {
+            let (auth, key, served) = (&auth, &key, &served);
+            s.spawn(move || {
+                let fields =
+                    [("X-Kurral-API-Key", key.as_str()), ("x-kurral-agent", "slow-agent"), ("Authorization", auth)];
+                for _ in 0..25 {
+                    let resp = send(addr, &request("POST", CHAT, &fields, body));
+                    assert_eq!(resp.status, 200);
+                    served.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
+            });
+        }
+        // While the calls wait for the store, the workers still answer at once.
+        let mut slowest = std::time::Duration::ZERO;
+        for _ in 0..20 {
+            let t = std::time::Instant::now();
+            let health = send(addr, b"GET /api/proxy/health HTTP/1.1\r\nHost: p\r\n\r\n");
+            assert_eq!(health.status, 200);
+            slowest = slowest.max(t.elapsed());
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        slowest
+    });
+    let waits = server.capture_stats().full_waits.load(std::sync::atomic::Ordering::Relaxed);
+    server.shutdown();
+    let written = written.lock().unwrap();
+    let unique: std::collections::HashSet<&String> = written.iter().collect();
+    eprintln!(
+        "slow store: {} records, {waits} waits for room, slowest health answer {slowest_health:?}",
+        written.len()
+    );
+    assert_eq!(written.len(), 200, "every call's record arrived");
+    assert_eq!(unique.len(), 200, "none twice");
+    assert!(waits > 0, "the channel filled and the wait was counted");
+    assert!(slowest_health < std::time::Duration::from_millis(500), "a worker was blocked: {slowest_health:?}");
+}
