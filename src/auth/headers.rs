@@ -24,6 +24,8 @@ pub struct CallIdentity {
     pub user_state: Arc<super::UserState>,
     pub agent: String,
     pub session_id: String,
+    /// The client sent no session id: this one is new, made by the proxy.
+    pub session_generated: bool,
     pub retention: Retention,
     pub env: Env,
 }
@@ -44,7 +46,9 @@ pub fn identify(buf: &[u8], head: &RequestHead, keys: &KeyTable) -> Result<CallI
             "this key accepts registered agents only; register the agent with `kurral-proxy agents register`",
         ));
     }
-    let session_id = match single(buf, head, "x-kurral-session-id")? {
+    let session_header = single(buf, head, "x-kurral-session-id")?;
+    let session_generated = session_header.is_none();
+    let session_id = match session_header {
         None => uuid::Uuid::new_v4().to_string(),
         Some(v) => std::str::from_utf8(v)
             .ok()
@@ -69,6 +73,7 @@ pub fn identify(buf: &[u8], head: &RequestHead, keys: &KeyTable) -> Result<CallI
         user_state: user.state.clone(),
         agent: String::from_utf8_lossy(agent).into_owned(),
         session_id,
+        session_generated,
         retention,
         env,
     })

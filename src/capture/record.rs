@@ -116,6 +116,9 @@ pub struct CallRecord {
     /// excluded) plus the time from the upstream's response head to its relay.
     #[serde(default)]
     pub proxy_overhead_ms: Option<f64>,
+    /// The client sent no session id; the proxy made this call's (so its session is new).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub session_generated: bool,
     /// The proxy asked the upstream for stream usage the client had not asked for
     /// (`stream_options.include_usage`), and removed it from what the client received.
     #[serde(default)]
@@ -177,6 +180,7 @@ pub(crate) fn sample(id: &str) -> CallRecord {
         unpriced_model: false,
         proxy_overhead_ms: None,
         stream_usage_added: false,
+        session_generated: false,
         request: None,
         response: None,
         tools: None,

@@ -428,7 +428,9 @@ impl StoreWriter {
 
 impl RecordSink for StoreWriter {
     fn write_batch(&mut self, records: &[CallRecord]) -> std::io::Result<()> {
-        self.state.write(&self.store, records, self.durability).map_err(std::io::Error::other)
+        let written = self.state.write(&self.store, records, self.durability);
+        self.state.retrying = written.is_err();
+        written.map_err(std::io::Error::other)
     }
 
     fn tick(&mut self) {
@@ -452,6 +454,9 @@ impl RecordSink for StoreWriter {
 struct WriteState {
     sessions: HashMap<Vec<u8>, SessionSummary>,
     agents: HashMap<Vec<u8>, AgentSummary>,
+    /// The last write failed: the writer is resending that batch, part of which RocksDB may have
+    /// applied, so each record is looked up before it counts.
+    retrying: bool,
 }
 
 impl WriteState {
@@ -489,7 +494,9 @@ impl WriteState {
         let mut seen: HashSet<Vec<u8>> = HashSet::new();
         for r in records {
             let call_key = call_key(&r.user, &r.id);
-            if seen.contains(&call_key) || Self::recorded(store, &call_key)? {
+            // Ids are the proxy's own and unique: a record can be in the store already only if
+            // an earlier attempt at this batch failed after RocksDB applied it.
+            if seen.contains(&call_key) || (self.retrying && Self::recorded(store, &call_key)?) {
                 // Only a resent record can get here; counting it again would double the sums.
                 tracing::warn!(id = %r.id, "a call already recorded was sent again; kept once");
                 continue;
@@ -500,6 +507,8 @@ impl WriteState {
             let session_key = session_key(&r.user, &r.session_id);
             let previous = match sessions.remove(&session_key) {
                 Some(s) => Some(s),
+                // A session id the proxy made for this call cannot be stored yet: no lookup.
+                None if r.session_generated => None,
                 None => self.session(store, &session_key)?,
             };
             let new_session = previous.is_none();
@@ -597,9 +606,13 @@ mod tests {
         let mut w = StoreWriter::new(store.clone(), Durability::Sync);
         let r = record("u", "s", "2026-11-26T00:00:00.000Z");
         w.write_batch(&[r.clone(), r.clone()]).unwrap();
+        // The writer resends a batch whose write failed, after RocksDB may have applied it.
+        w.state.retrying = true;
         w.write_batch(std::slice::from_ref(&r)).unwrap();
-        // A fresh writer (empty cache) still sees it in the store.
-        StoreWriter::new(store.clone(), Durability::Sync).write_batch(&[r]).unwrap();
+        // A fresh writer (empty cache) resending still sees it in the store.
+        let mut fresh = StoreWriter::new(store.clone(), Durability::Sync);
+        fresh.state.retrying = true;
+        fresh.write_batch(&[r]).unwrap();
         assert_eq!(store.calls().unwrap().len(), 1);
         assert_eq!(store.session("u", "s").unwrap().unwrap().totals.calls, 1);
         assert_eq!(store.agents("u").unwrap()[0].totals.calls, 1);

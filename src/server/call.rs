@@ -784,6 +784,7 @@ async fn finish_capture(w: &Worker, plan: &CallPlan, mut call: CallState) {
         cost,
         proxy_overhead_ms: overhead,
         stream_usage_added: call.stream_usage_added,
+        session_generated: id.session_generated,
         request: content.request,
         response: content.response,
         tools: content.tools,
