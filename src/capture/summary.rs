@@ -66,6 +66,20 @@ impl Totals {
         self.cost += c.cost;
         self.unpriced_calls += u64::from(c.unpriced);
     }
+
+    /// `head` (an object) with the totals' fields added, as the read API shows them.
+    fn json_with(&self, mut head: serde_json::Value) -> serde_json::Value {
+        if let serde_json::Value::Object(map) = &mut head {
+            map.insert("calls".into(), self.calls.into());
+            map.insert("errors".into(), self.errors.into());
+            map.insert("input_tokens".into(), self.input_tokens.into());
+            map.insert("output_tokens".into(), self.output_tokens.into());
+            map.insert("cost_usd".into(), self.cost.to_f64().into());
+            map.insert("cost_exact".into(), self.cost.to_string().into());
+            map.insert("unpriced_calls".into(), self.unpriced_calls.into());
+        }
+        head
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -99,21 +113,13 @@ impl SessionSummary {
 
     /// The read API's `Session`.
     pub fn to_json(&self) -> serde_json::Value {
-        let t = &self.totals;
-        serde_json::json!({
+        self.totals.json_with(serde_json::json!({
             "session_id": self.session_id,
             "agent": self.agent,
             "env": self.env,
             "started_at": rfc3339_ms(self.started_ms),
             "last_at": rfc3339_ms(self.last_ms),
-            "calls": t.calls,
-            "errors": t.errors,
-            "input_tokens": t.input_tokens,
-            "output_tokens": t.output_tokens,
-            "cost_usd": t.cost.to_f64(),
-            "cost_exact": t.cost.to_string(),
-            "unpriced_calls": t.unpriced_calls,
-        })
+        }))
     }
 }
 
@@ -142,20 +148,12 @@ impl AgentSummary {
 
     /// An entry of the read API's `agents` list.
     pub fn to_json(&self) -> serde_json::Value {
-        let t = &self.totals;
-        serde_json::json!({
+        self.totals.json_with(serde_json::json!({
             "agent": self.agent,
             "first_seen": rfc3339_ms(self.first_ms),
             "last_seen": rfc3339_ms(self.last_ms),
             "sessions": self.sessions,
-            "calls": t.calls,
-            "errors": t.errors,
-            "input_tokens": t.input_tokens,
-            "output_tokens": t.output_tokens,
-            "cost_usd": t.cost.to_f64(),
-            "cost_exact": t.cost.to_string(),
-            "unpriced_calls": t.unpriced_calls,
-        })
+        }))
     }
 }
 

@@ -179,10 +179,28 @@ pub fn start_writer(mut sink: impl RecordSink, capacity: usize) -> std::io::Resu
     let stats = Arc::new(CaptureStats::default());
     let finish = Arc::new(AtomicBool::new(false));
     let (writer_stats, writer_finish) = (stats.clone(), finish.clone());
-    let thread = std::thread::Builder::new()
-        .name("kurral-capture".into())
-        .spawn(move || run_writer(&rx, &mut sink, &writer_stats, &writer_finish))?;
+    let thread = std::thread::Builder::new().name("kurral-capture".into()).spawn(move || {
+        lower_priority();
+        run_writer(&rx, &mut sink, &writer_stats, &writer_finish)
+    })?;
     Ok((CaptureSender { tx, stats }, WriterHandle { thread, finish }))
+}
+
+/// Nice value of the writer thread. Workers relay bytes someone is waiting for; the writer's
+/// records can wait a few milliseconds. Where they share a core, the scheduler then lets a
+/// worker run as soon as it has work instead of after the writer's batch. A writer starved under
+/// overload only fills the channel, which makes the calls wait: nothing is lost.
+const WRITER_NICE: libc::c_int = 10;
+
+fn lower_priority() {
+    // SAFETY: gettid and setpriority on the calling thread only; no memory is passed.
+    let done = unsafe {
+        let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
+        libc::setpriority(libc::PRIO_PROCESS, tid, WRITER_NICE)
+    };
+    if done != 0 {
+        tracing::debug!("capture writer keeps its priority: {}", std::io::Error::last_os_error());
+    }
 }
 
 fn run_writer(rx: &Receiver<CallRecord>, sink: &mut dyn RecordSink, stats: &CaptureStats, finish: &AtomicBool) {
