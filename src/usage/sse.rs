@@ -59,7 +59,7 @@ impl SseSplitter {
             match self.finish_carried(input) {
                 Some(rest) => {
                     if !self.skipping && !self.carry.is_empty() {
-                        on_event(&self.carry);
+                        self.hand_out(&mut *on_event);
                     }
                     self.end_event();
                     input = &input[rest..];
@@ -81,11 +81,21 @@ impl SseSplitter {
     /// The body ended: an event left without its blank line is still handed out (a stream may
     /// end right after its last `data:` line).
     pub fn finish(&mut self, on_event: &mut impl FnMut(&[u8])) {
-        let event = trim_line_ends(&self.carry);
-        if !self.skipping && !event.is_empty() {
-            on_event(event);
+        let len = trim_line_ends(&self.carry).len();
+        if !self.skipping && len > 0 {
+            self.carry.truncate(len);
+            self.hand_out(on_event);
         }
         self.end_event();
+    }
+
+    /// Hands out the carried event, unless it is over the size limit.
+    fn hand_out(&mut self, on_event: &mut impl FnMut(&[u8])) {
+        if self.carry.len() > self.max_event {
+            self.oversized += 1;
+        } else {
+            on_event(&self.carry);
+        }
     }
 
     /// With an unfinished event carried over: finds where it ends in `input`, appending its bytes
@@ -124,7 +134,8 @@ impl SseSplitter {
             self.carry.extend_from_slice(&tail[tail.len().saturating_sub(2)..]);
             return;
         }
-        if self.carry.len() + bytes.len() > self.max_event {
+        // The carry may end with the first bytes of a boundary (`\n`, `\n\r`), not the event's.
+        if self.carry.len() + bytes.len() > self.max_event + 2 {
             self.skipping = true;
             self.oversized += 1;
             self.append(bytes);
@@ -294,6 +305,8 @@ mod tests {
                 at = end;
             }
             assert_eq!(split_all(&pieces, MAX_EVENT_BYTES).0, oracle(&body), "{:?}", String::from_utf8_lossy(&body));
+            // With a small size limit, whole and split agree too.
+            assert_eq!(split_all(&pieces, 8), split_all(&[&body], 8), "{:?}", String::from_utf8_lossy(&body));
         }
     }
 
@@ -304,6 +317,21 @@ mod tests {
             let (events, oversized) = split_all(&[&big.as_bytes()[..split], &big.as_bytes()[split..]], 50);
             assert_eq!(events, vec![b"data: small".to_vec()], "split at {split}");
             assert_eq!(oversized, 1);
+        }
+    }
+
+    #[test]
+    fn the_size_limit_is_the_same_however_the_event_ends() {
+        // An event of exactly the limit, its blank line split after its first `\n` (found by
+        // fuzzing: the carry held the event and that `\n`, one byte over, and was skipped).
+        for len in [63, 64, 65] {
+            let body = format!("data: x\n\n{}\n\n", "y".repeat(len));
+            let whole = split_all(&[body.as_bytes()], 64);
+            for at in 0..=body.len() {
+                let (a, b) = body.as_bytes().split_at(at);
+                assert_eq!(split_all(&[a, b], 64), whole, "event of {len} bytes, split at {at}");
+            }
+            assert_eq!(whole.0.len(), if len <= 64 { 2 } else { 1 });
         }
     }
 
