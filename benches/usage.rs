@@ -143,6 +143,9 @@ fn requests(c: &mut Criterion) {
     g.bench_function("openai_chat_40_messages", |b| {
         b.iter(|| inspect_request(&mut body.clone().into_bytes(), Shape::Chat, METADATA).messages)
     });
+    g.bench_function("openai_chat_40_messages/usage_only", |b| {
+        b.iter(|| inspect_request(&mut body.clone().into_bytes(), Shape::Chat, Caps::USAGE_ONLY).stream)
+    });
     g.finish();
 }
 

@@ -48,6 +48,12 @@ pub fn inspect_request(body: &mut [u8], shape: Shape, caps: Caps) -> RequestInfo
     if body.is_empty() {
         return RequestInfo::default();
     }
+    if !caps.content {
+        // Only two top-level fields are wanted: read their spans rather than build the body's DOM.
+        if let Some(info) = model_and_stream(body) {
+            return info;
+        }
+    }
     let Ok(value) = simd_json::to_borrowed_value(body) else {
         return RequestInfo::default();
     };
@@ -67,6 +73,19 @@ pub fn inspect_request(body: &mut [u8], shape: Shape, caps: Caps) -> RequestInfo
         Shape::Opaque => {}
     }
     info
+}
+
+/// `model` and `stream` from the top-level members' bytes; None when the body is not one object
+/// or the model is written with escapes (the full parse then reads it).
+fn model_and_stream(body: &[u8]) -> Option<RequestInfo> {
+    let (_, members) = crate::usage::json::object_members(body)?;
+    let value = |name: &str| <[_]>::iter(&members).rev().find(|m| m.is(body, name)).map(|m| &body[m.value.clone()]);
+    let model = match value("model") {
+        Some([b'"', inner @ .., b'"']) if !inner.contains(&b'\\') => Some(String::from_utf8(inner.to_vec()).ok()?),
+        Some([b'"', ..]) => return None,
+        _ => None,
+    };
+    Some(RequestInfo { model, stream: value("stream") == Some(b"true"), ..RequestInfo::default() })
 }
 
 fn str_at<'v>(v: &'v BorrowedValue<'v>, key: &str) -> Option<&'v str> {
@@ -257,6 +276,21 @@ mod tests {
         assert_eq!((i.model.as_deref(), i.stream), (Some("claude-sonnet-4-5"), false));
         assert_eq!(i.last_user_text.as_deref(), Some("say \"model\": x"));
         assert_eq!(info(r#"{"messages":[{"model":"nested"}]}"#, Shape::Chat).model, None);
+    }
+
+    #[test]
+    fn without_content_the_fields_are_read_from_their_spans() {
+        let read = |body: &str| inspect_request(&mut body.as_bytes().to_vec(), Shape::Chat, Caps::USAGE_ONLY);
+        for body in [
+            r#"{"messages":[{"role":"user","content":"say \"model\": x"}], "stream" : true, "model" : "gpt-4o"}"#,
+            r#"{"model":"gpt-\u0034o","stream":true}"#,
+            r#"{"model":5,"stream":false}"#,
+            "not json",
+        ] {
+            let full = inspect_request(&mut body.as_bytes().to_vec(), Shape::Chat, CAPS);
+            let fast = read(body);
+            assert_eq!((fast.model, fast.stream), (full.model, full.stream), "{body}");
+        }
     }
 
     #[test]

@@ -170,6 +170,12 @@ fn scope_users(store: &Store, scope: &ReadScope) -> Result<Vec<String>, String> 
     }
 }
 
+/// A read API object with the user it belongs to (the local operator sees every user's data).
+fn with_user(mut v: serde_json::Value, user: &str) -> serde_json::Value {
+    v["user"] = user.into();
+    v
+}
+
 fn print_json(v: &serde_json::Value) {
     println!("{}", serde_json::to_string_pretty(v).expect("serializable"));
 }
@@ -221,14 +227,7 @@ fn agents(cmd: AgentsCommand) -> Result<(), String> {
     }
     rows.sort_by(|a, b| (&a.0, &a.1.agent).cmp(&(&b.0, &b.1.agent)));
     if scope.json {
-        let list: Vec<serde_json::Value> = rows
-            .iter()
-            .map(|(user, a)| {
-                let mut v = a.to_json();
-                v["user"] = user.clone().into();
-                v
-            })
-            .collect();
+        let list: Vec<serde_json::Value> = rows.iter().map(|(user, a)| with_user(a.to_json(), user)).collect();
         print_json(&serde_json::json!({ "agents": list }));
         return Ok(());
     }
@@ -304,14 +303,7 @@ fn sessions(cmd: SessionsCommand) -> Result<(), String> {
             rows.sort_by_key(|(_, s)| std::cmp::Reverse(s.started_ms));
             rows.truncate(limit);
             if scope.json {
-                let list: Vec<serde_json::Value> = rows
-                    .iter()
-                    .map(|(user, s)| {
-                        let mut v = s.to_json();
-                        v["user"] = user.clone().into();
-                        v
-                    })
-                    .collect();
+                let list: Vec<serde_json::Value> = rows.iter().map(|(user, s)| with_user(s.to_json(), user)).collect();
                 print_json(&serde_json::json!({ "sessions": list }));
                 return Ok(());
             }
@@ -345,8 +337,7 @@ fn sessions(cmd: SessionsCommand) -> Result<(), String> {
             }
             for (user, s, calls) in &found {
                 if scope.json {
-                    let mut v = json::session(s, calls, None);
-                    v["user"] = user.clone().into();
+                    let mut v = with_user(json::session(s, calls, None), user);
                     v.as_object_mut().map(|o| o.remove("next_cursor"));
                     print_json(&v);
                     continue;
