@@ -12,7 +12,7 @@ use kurral_proxy::usage::{Caps, ResponseInspector, Shape};
 
 /// The size of one upstream read on the relay path.
 const READ: usize = 16 * 1024;
-const METADATA: Caps = Caps { content: true, text: 256, arguments: 256 };
+const METADATA: Caps = Caps { content: true, text: 256, arguments: 256, scan: false };
 
 fn chat_delta(i: usize) -> String {
     format!(

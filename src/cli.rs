@@ -88,6 +88,14 @@ pub struct ServeArgs {
     /// `records` (whole calls; session and agent totals keep counting them).
     #[arg(long, env = "KURRAL_RETENTION_REMOVES", value_name = "content|records")]
     pub retention_removes: Option<String>,
+    /// Do not scan calls for secrets, personal data, prompt injection and risky tool calls.
+    #[arg(long, env = "KURRAL_NO_SCAN")]
+    pub no_scan: bool,
+    /// Refuse (403, nothing sent upstream) every request whose prompt carries a secret or a
+    /// high-severity injection marker, whatever the key; keys can also ask it one by one
+    /// (`keys create --block-findings`).
+    #[arg(long, env = "KURRAL_BLOCK_FINDINGS")]
+    pub block_findings: bool,
 }
 
 #[derive(Args, Debug)]
@@ -114,6 +122,11 @@ pub enum KeysCommand {
         /// others get 403.
         #[arg(long)]
         registered_agents_only: bool,
+        /// Refuse (403, nothing sent upstream) this key's requests whose prompt carries a
+        /// secret or a high-severity injection marker. The request body is then read whole
+        /// and scanned before the upstream is contacted.
+        #[arg(long)]
+        block_findings: bool,
         #[command(flatten)]
         dir: DataDirArg,
     },

@@ -62,6 +62,10 @@ pub struct CaptureSettings {
     pub expiry: Option<Expiry>,
     /// Write records to the store (false: discard them, `--no-capture`).
     pub store: bool,
+    /// Scan every call for security findings (`--no-scan`, `[security] scan = false`: off).
+    pub scan: bool,
+    /// Block requests with findings for every key (`--block-findings`, `[security] block`).
+    pub block_findings: bool,
 }
 
 impl Default for CaptureSettings {
@@ -73,6 +77,8 @@ impl Default for CaptureSettings {
             durability: Durability::default(),
             expiry: None,
             store: true,
+            scan: true,
+            block_findings: false,
         }
     }
 }
@@ -165,6 +171,15 @@ struct FileConfig {
     limits: FileLimits,
     #[serde(default)]
     capture: FileCapture,
+    #[serde(default)]
+    security: FileSecurity,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileSecurity {
+    scan: Option<bool>,
+    block_findings: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -313,6 +328,8 @@ fn resolve_with_env(args: ServeArgs, env: &dyn Fn(&str) -> Option<String>) -> Re
             durability,
             expiry,
             store: !args.no_capture,
+            scan: !args.no_scan && file.security.scan.unwrap_or(true),
+            block_findings: args.block_findings || file.security.block_findings.unwrap_or(false),
         },
     })
 }

@@ -27,6 +27,8 @@ pub enum ErrorKind {
     /// The key is valid but may not do this (an unregistered agent under a key that requires
     /// registered agents).
     Forbidden,
+    /// The key blocks requests with security findings, and this one had one.
+    Blocked,
     NotFound,
     MethodNotAllowed,
     RequestTimeout,
@@ -47,7 +49,7 @@ impl ErrorKind {
         match self {
             ErrorKind::BadRequest => 400,
             ErrorKind::Unauthorized => 401,
-            ErrorKind::Forbidden => 403,
+            ErrorKind::Forbidden | ErrorKind::Blocked => 403,
             ErrorKind::NotFound => 404,
             ErrorKind::MethodNotAllowed => 405,
             ErrorKind::RequestTimeout => 408,
@@ -70,6 +72,7 @@ impl ErrorKind {
             ErrorKind::BadRequest | ErrorKind::ExpectationFailed => "invalid_request_error",
             ErrorKind::Unauthorized => "authentication_error",
             ErrorKind::Forbidden => "permission_error",
+            ErrorKind::Blocked => "security_policy_error",
             ErrorKind::NotFound => "not_found_error",
             ErrorKind::MethodNotAllowed => "method_not_allowed",
             ErrorKind::RequestTimeout => "request_timeout",
@@ -110,6 +113,24 @@ pub struct ProxyError {
 impl ProxyError {
     pub fn new(kind: ErrorKind, message: impl Into<Cow<'static, str>>) -> Self {
         ProxyError { kind, message: message.into(), headers: Vec::new() }
+    }
+
+    /// The answer to a request refused for a security finding: the kind and where it was, never
+    /// the matched text. `kinds` is the `x-kurral-findings` header's value.
+    pub fn blocked(finding: &crate::scan::Finding, kinds: String) -> Self {
+        let at = match finding.index {
+            Some(i) => format!("{} {i}", finding.location.name()),
+            None => finding.location.name().to_string(),
+        };
+        let message = format!(
+            "request blocked: {} ({}, {} severity) in {at}",
+            finding.kind.name(),
+            finding.category.name(),
+            finding.severity.name()
+        );
+        let mut e = Self::new(ErrorKind::Blocked, message);
+        e.headers = vec![("x-kurral-findings", kinds)];
+        e
     }
 
     /// The answer to a call refused by the user's limits.

@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 use simd_json::prelude::*;
 use simd_json::BorrowedValue;
 
+use crate::scan::units::{request_units, Unit};
 use crate::usage::{Caps, Shape};
 
 #[derive(Debug, Default, Clone, PartialEq)]
@@ -22,6 +23,8 @@ pub struct RequestInfo {
     pub last_user_text: Option<String>,
     pub tools: Vec<ToolDefinition>,
     pub tool_results: Vec<ToolResult>,
+    /// Every text of the request with where it was, for security scanning (`caps.scan`).
+    pub units: Vec<Unit>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -48,7 +51,7 @@ pub fn inspect_request(body: &mut [u8], shape: Shape, caps: Caps) -> RequestInfo
     if body.is_empty() {
         return RequestInfo::default();
     }
-    if !caps.content {
+    if !caps.content && !caps.scan {
         // Only two top-level fields are wanted: read their spans rather than build the body's DOM.
         if let Some(info) = model_and_stream(body) {
             return info;
@@ -62,6 +65,9 @@ pub fn inspect_request(body: &mut [u8], shape: Shape, caps: Caps) -> RequestInfo
         stream: value.get("stream").and_then(|s| s.as_bool()).unwrap_or(false),
         ..RequestInfo::default()
     };
+    if caps.scan {
+        info.units = request_units(&value, shape);
+    }
     if !caps.content || !value.is_object() {
         return info;
     }
@@ -261,7 +267,7 @@ fn gemini(v: &BorrowedValue<'_>, info: &mut RequestInfo, caps: Caps) {
 mod tests {
     use super::*;
 
-    const CAPS: Caps = Caps { content: true, text: 100, arguments: 100 };
+    const CAPS: Caps = Caps { content: true, text: 100, arguments: 100, scan: false };
 
     fn info(body: &str, shape: Shape) -> RequestInfo {
         inspect_request(&mut body.as_bytes().to_vec(), shape, CAPS)

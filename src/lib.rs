@@ -21,6 +21,7 @@
 //! - `auth`: Kurral keys, the key table, the Kurral request fields.
 //! - `upstream`: connecting (TCP, TLS), per-worker pools.
 //! - `inspect`: what a request body says (model, stream).
+//! - `scan`: security scanning (secrets, personal data, prompt injection, risky tool calls).
 //! - `capture`: records, the writer thread, the RocksDB store.
 //! - `server`: threads, workers, the connection lifecycle.
 //! - `api`: the read API (agents, sessions, calls), answered from reader threads.
@@ -35,6 +36,7 @@ pub mod http;
 pub mod inspect;
 pub mod pricing;
 pub mod provider;
+pub mod scan;
 pub mod server;
 pub mod upstream;
 pub mod usage;

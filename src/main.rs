@@ -72,8 +72,8 @@ fn serve(args: ServeArgs) -> Result<(), String> {
 
 fn keys(cmd: KeysCommand) -> Result<(), String> {
     match cmd {
-        KeysCommand::Create { user, requests_per_minute, max_concurrent, registered_agents_only, dir } => {
-            let limits = KeyLimits { requests_per_minute, max_concurrent };
+        KeysCommand::Create { user, requests_per_minute, max_concurrent, registered_agents_only, block_findings, dir } => {
+            let limits = KeyLimits { requests_per_minute, max_concurrent, block_findings };
             let (key, id) = KeyStore::new(&dir.data_dir)
                 .create_key(&user, limits, registered_agents_only)
                 .map_err(|e| e.to_string())?;
@@ -88,16 +88,17 @@ fn keys(cmd: KeysCommand) -> Result<(), String> {
                 }
             } else {
                 println!(
-                    "{:<18} {:<20} {:<14} {:<26} {:<8} {:<8} {:<11} STATUS",
-                    "ID", "USER", "PREFIX", "CREATED", "RPM", "CONC", "AGENTS"
+                    "{:<18} {:<20} {:<14} {:<26} {:<8} {:<8} {:<11} {:<6} STATUS",
+                    "ID", "USER", "PREFIX", "CREATED", "RPM", "CONC", "AGENTS", "BLOCK"
                 );
                 let or_default = |v: Option<u32>| v.map_or_else(|| "default".to_string(), |n| n.to_string());
                 for k in &list {
                     let status = if k.revoked { "revoked" } else { "active" };
                     let (rpm, conc) = (or_default(k.limits.requests_per_minute), or_default(k.limits.max_concurrent));
                     let agents = if k.registered_agents_only { "registered" } else { "any" };
+                    let block = if k.limits.block_findings { "yes" } else { "no" };
                     println!(
-                        "{:<18} {:<20} {:<14} {:<26} {rpm:<8} {conc:<8} {agents:<11} {status}",
+                        "{:<18} {:<20} {:<14} {:<26} {rpm:<8} {conc:<8} {agents:<11} {block:<6} {status}",
                         k.id, k.user, k.prefix, k.created_at
                     );
                 }

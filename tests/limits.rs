@@ -83,7 +83,7 @@ fn a_key_may_carry_its_own_limits_and_users_do_not_share_them() {
     let mut proxy = Proxy::start(&mock, |_| {});
     let store = KeyStore::new(proxy.data_dir());
     let (tight, _) =
-        store.create_with_limits("carol", KeyLimits { requests_per_minute: Some(2), max_concurrent: None }).unwrap();
+        store.create_with_limits("carol", KeyLimits { requests_per_minute: Some(2), ..KeyLimits::default() }).unwrap();
     let server = proxy.server.as_ref().unwrap();
     server.reload_keys().unwrap();
     let call = |key: &str| {

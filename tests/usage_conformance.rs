@@ -23,9 +23,9 @@ use kurral_proxy::usage::{Caps, ResponseFacts, ResponseInspector, Usage};
 use usage_fixtures::{fixtures_dir, load_cases, Case, EXPECTATIONS};
 
 /// The caps of a record that keeps content (retention `metadata` or `full`).
-const CONTENT: Caps = Caps { content: true, text: 4096, arguments: 4096 };
+const CONTENT: Caps = Caps { content: true, text: 4096, arguments: 4096, scan: false };
 /// The caps of a record that keeps no content (retention `none`).
-const NO_CONTENT: Caps = Caps { content: false, text: 0, arguments: 0 };
+const NO_CONTENT: Caps = Caps::USAGE_ONLY;
 /// Feeds `pieces` in order, as a relay would, and returns what the scanner read.
 fn scan<'a>(case: &Case, caps: Caps, pieces: impl IntoIterator<Item = &'a [u8]>) -> ResponseFacts {
     let mut inspector = ResponseInspector::new(case.shape, case.event_stream, caps);
@@ -234,7 +234,7 @@ fn usage_only_caps_read_the_same_usage_however_the_body_is_split() {
 
 #[test]
 fn small_text_and_argument_caps_truncate_content_at_char_boundaries_but_keep_usage() {
-    let caps = Caps { content: true, text: 7, arguments: 5 };
+    let caps = Caps { content: true, text: 7, arguments: 5, scan: false };
     let mut failures = Vec::new();
     for case in load_cases() {
         let full = scan_whole(&case, CONTENT);

@@ -12,7 +12,7 @@ const SHAPES: [Shape; 4] = [Shape::Chat, Shape::Responses, Shape::Messages, Shap
 
 fuzz_target!(|data: &[u8]| {
     let Some((&mode, body)) = data.split_first() else { return };
-    let caps = Caps { content: true, text: 40, arguments: 20 };
+    let caps = Caps { content: true, text: 40, arguments: 20, scan: mode & 4 != 0 };
     let info = inspect_request(&mut body.to_vec(), SHAPES[(mode & 3) as usize], caps);
     assert!(info.last_user_text.as_ref().is_none_or(|t| t.len() <= 40));
 

@@ -12,7 +12,7 @@ fuzz_target!(|data: &[u8]| {
     let [mode, split, body @ ..] = data else { return };
     let shape = SHAPES[(mode & 3) as usize];
     let event_stream = mode & 4 != 0;
-    let caps = if mode & 8 != 0 { Caps { content: true, text: 32, arguments: 16 } } else { Caps::USAGE_ONLY };
+    let caps = if mode & 8 != 0 { Caps { content: true, text: 32, arguments: 16, scan: false } } else { Caps::USAGE_ONLY };
     let split = (*split as usize).min(body.len());
 
     let read = |pieces: &[&[u8]]| {

@@ -37,13 +37,17 @@ pub struct KeyInfo {
     pub registered_agents_only: bool,
 }
 
-/// Per-key limit overrides (`keys create --requests-per-minute/--max-concurrent`).
+/// Per-key overrides (`keys create --requests-per-minute/--max-concurrent/--block-findings`).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct KeyLimits {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub requests_per_minute: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_concurrent: Option<u32>,
+    /// Refuse this key's requests whose prompt carries a secret or a high-severity injection
+    /// marker (see `scan`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub block_findings: bool,
 }
 
 /// Listing entry for `keys list`.
@@ -368,7 +372,7 @@ mod tests {
     fn limits_and_state_survive_reloads() {
         let dir = tempfile::tempdir().unwrap();
         let store = KeyStore::new(dir.path());
-        let limits = KeyLimits { requests_per_minute: Some(5), max_concurrent: None };
+        let limits = KeyLimits { requests_per_minute: Some(5), ..KeyLimits::default() };
         let (a, _) = store.create_with_limits("dana", limits).unwrap();
         let (b, _) = store.create("dana").unwrap();
         let first = store.load().unwrap();

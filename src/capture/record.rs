@@ -8,6 +8,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::pricing::Cost;
+use crate::scan::Finding;
 use crate::usage::Usage;
 
 /// Version byte of the current record encoding.
@@ -130,6 +131,16 @@ pub struct CallRecord {
     pub response: Option<serde_json::Value>,
     #[serde(default)]
     pub tools: Option<serde_json::Value>,
+    /// Security findings (`scan`): kind, severity, where, a masked excerpt; never the secret.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub findings: Vec<Finding>,
+    /// Findings past the per-call cap, counted only.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub findings_dropped: u32,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 impl CallRecord {
@@ -184,6 +195,8 @@ pub(crate) fn sample(id: &str) -> CallRecord {
         request: None,
         response: None,
         tools: None,
+        findings: Vec::new(),
+        findings_dropped: 0,
     }
 }
 

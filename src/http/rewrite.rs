@@ -95,6 +95,8 @@ pub struct ResponseAdditions<'a> {
     pub close: bool,
     /// How the body that follows is framed for the client.
     pub body: BodyFraming,
+    /// The kinds of security findings made on the request (`x-kurral-findings`), if any.
+    pub findings: Option<&'a str>,
 }
 
 /// How a relayed response body is framed downstream.
@@ -135,6 +137,9 @@ pub fn downstream_response_head(buf: &[u8], head: &ResponseHead, add: &ResponseA
     }
     push_field(&mut out, b"x-kurral-session-id", add.session_id.as_bytes());
     push_field(&mut out, b"x-kurral-request-id", add.request_id.as_bytes());
+    if let Some(kinds) = add.findings {
+        push_field(&mut out, b"x-kurral-findings", kinds.as_bytes());
+    }
     if add.close {
         out.extend_from_slice(b"connection: close\r\n");
     }
@@ -217,7 +222,7 @@ mod tests {
     fn response_head_gets_ids_and_loses_hop_by_hop_fields() {
         let raw = "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nConnection: keep-alive\r\nKeep-Alive: timeout=5\r\nTransfer-Encoding: chunked\r\n\r\n";
         let head = parse_response_head(raw.as_bytes(), 8192, false).unwrap().unwrap();
-        let add = ResponseAdditions { session_id: "s1", request_id: "r1", close: false, body: BodyFraming::AsUpstream };
+        let add = ResponseAdditions { session_id: "s1", request_id: "r1", close: false, body: BodyFraming::AsUpstream, findings: None };
         let out = String::from_utf8(downstream_response_head(raw.as_bytes(), &head, &add)).unwrap();
         assert_eq!(
             out,

@@ -34,6 +34,8 @@ use crate::http::rewrite::{
 };
 use crate::inspect::{inspect_request, RequestInfo};
 use crate::provider::{Endpoint, Provider};
+use crate::scan::units::response_units;
+use crate::scan::CallScan;
 use crate::upstream::UpstreamStream;
 use crate::usage::include_usage::{add_include_usage, UsageChunkFilter};
 use crate::usage::{Caps, ResponseInspector, Shape};
@@ -133,8 +135,13 @@ pub(super) struct CallPlan {
     shape: Shape,
     /// How much content the record keeps, so how much the scanner reads.
     caps: Caps,
-    /// Read the request body whole before forwarding (the include_usage rewrite may apply).
+    /// Read the request body whole before forwarding (the include_usage rewrite may apply, or
+    /// the request is scanned before it may go upstream).
     buffer_body: bool,
+    /// Scan the call for security findings.
+    scan: bool,
+    /// Refuse the request when its scan finds a secret or a high-severity injection marker.
+    block: bool,
     path_model: Option<String>,
     identity: CallIdentity,
     upstream_head: Vec<u8>,
@@ -161,12 +168,16 @@ pub(super) fn plan_call(
     target.extend_from_slice(url.base_path.as_bytes());
     target.extend_from_slice(upstream_target);
     let shape = Shape::of(provider, endpoint);
+    let scan = w.shared.scanner.is_some() && shape != Shape::Opaque;
+    let block = scan && (config.capture.block_findings || identity.key_limits.block_findings);
     Ok(CallPlan {
         provider,
         endpoint,
         shape,
-        caps: content::caps(identity.retention, config.capture.max_content_bytes),
-        buffer_body: shape == Shape::Chat && config.capture.openai_stream_usage,
+        caps: content::caps(identity.retention, config.capture.max_content_bytes, scan),
+        buffer_body: block || (shape == Shape::Chat && config.capture.openai_stream_usage),
+        scan,
+        block,
         path_model: path_model.map(|m| String::from_utf8_lossy(m).into_owned()),
         identity,
         upstream_head: upstream_request_head(data, head, &target, &url.authority),
@@ -205,6 +216,12 @@ struct CallState {
     head_relay: Option<Duration>,
     stream_usage_added: bool,
     request_info: RequestInfo,
+    /// What scanning the request found (before the response, so its header can say so).
+    request_scan: CallScan,
+    /// The request body was read, inspected and scanned.
+    inspected: bool,
+    /// `100 Continue` was sent.
+    continued: bool,
     request_copy: Option<BodyCopy>,
     response_copy: Option<BodyCopy>,
     inspector: Option<ResponseInspector>,
@@ -231,6 +248,9 @@ impl CallState {
             head_relay: None,
             stream_usage_added: false,
             request_info: RequestInfo::default(),
+            request_scan: CallScan::default(),
+            inspected: false,
+            continued: false,
             request_copy: None,
             response_copy: None,
             inspector: None,
@@ -271,15 +291,24 @@ async fn proxy_call(
     if matches!(plan.framing, Framing::Length(n) if n > max_body) {
         return Err(CallFailure::Respond(body_too_large(max_body)));
     }
+    // A key that blocks on findings: the body is read and scanned before the upstream is
+    // contacted, and a refused request never reaches it.
+    let received = if plan.block {
+        send_continue(w, client, plan, call).await?;
+        let received = receive_body(w, client, plan, call, deadline).await.map_err(ForwardError::into_failure)?;
+        inspect_body(w, plan, call, received.body.clone());
+        if let Some(f) = call.request_scan.blocking() {
+            let kinds = call.request_scan.header_value().unwrap_or_default();
+            return Err(CallFailure::Respond(ProxyError::blocked(f, kinds)));
+        }
+        Some(received)
+    } else {
+        None
+    };
     let (mut upstream, reused) = checkout(w, plan.provider, call, deadline).await?;
     tracing::debug!(id = %call.id, reused, "upstream ready");
-    if plan.expect_continue {
-        client
-            .write_all(&b"HTTP/1.1 100 Continue\r\n\r\n"[..], w.shared.config.limits.client_write_timeout)
-            .await
-            .map_err(|_| CallFailure::ClientGone("client closed before sending its body"))?;
-    }
-    let sent = forward_request(w, client, plan, call, &mut upstream, reused, deadline).await;
+    send_continue(w, client, plan, call).await?;
+    let sent = forward_request(w, client, plan, call, &mut upstream, reused, deadline, received).await;
     tracing::debug!(id = %call.id, "request sent");
     let replay = match sent {
         Ok(replay) => replay,
@@ -359,19 +388,46 @@ enum ForwardError {
     Call(CallFailure),
 }
 
-/// Sends the rewritten head, then the body as it arrives from the client, raw bytes relayed as
-/// received (chunked framing included); an OpenAI chat body is read whole first (see the module
-/// doc). The body is copied aside for inspection; what it says (model, stream, tools, content)
-/// is read from that copy once the body has gone upstream.
-async fn forward_request(
+impl ForwardError {
+    /// Before the upstream was written to, only the call's own failures can happen.
+    fn into_failure(self) -> CallFailure {
+        match self {
+            ForwardError::Call(f) => f,
+            ForwardError::Upstream(_) => CallFailure::Respond(ProxyError::bad_gateway("upstream connection failed")),
+        }
+    }
+}
+
+/// Answers `Expect: 100-continue` once, just before the body is first read.
+async fn send_continue(w: &Worker, client: &mut ClientConn, plan: &CallPlan, call: &mut CallState) -> Result<(), CallFailure> {
+    if plan.expect_continue && !call.continued {
+        call.continued = true;
+        client
+            .write_all(&b"HTTP/1.1 100 Continue\r\n\r\n"[..], w.shared.config.limits.client_write_timeout)
+            .await
+            .map_err(|_| CallFailure::ClientGone("client closed before sending its body"))?;
+    }
+    Ok(())
+}
+
+/// The request as it will go upstream, and its decoded body, from what was read of it so far.
+struct Received {
+    decoder: BodyDecoder,
+    /// Head and body bytes to write upstream.
+    out: Vec<u8>,
+    /// The decoded body (the proxy's copy for inspection).
+    body: Vec<u8>,
+}
+
+/// Takes the body bytes already read with the head; a buffered call (`plan.buffer_body`) reads
+/// the rest too and applies the include_usage rewrite.
+async fn receive_body(
     w: &Worker,
     client: &mut ClientConn,
     plan: &CallPlan,
     call: &mut CallState,
-    upstream: &mut UpstreamStream,
-    reused: bool,
     deadline: Instant,
-) -> Result<Option<Vec<u8>>, ForwardError> {
+) -> Result<Received, ForwardError> {
     let max_body = w.shared.config.limits.max_body_bytes;
     let mut decoder = BodyDecoder::new(plan.framing, max_body);
     let mut body = Vec::new();
@@ -386,12 +442,57 @@ async fn forward_request(
             out.extend_from_slice(&client.data()[..n]);
             client.consume(n);
         }
-        if let Some(changed) = add_include_usage(&body) {
+        let rewrite = plan.shape == Shape::Chat && w.shared.config.capture.openai_stream_usage;
+        if let Some(changed) = add_include_usage(&body).filter(|_| rewrite) {
             out = with_content_length(&plan.upstream_head, changed.len());
             out.extend_from_slice(&changed);
             call.stream_usage_added = true;
         }
     }
+    Ok(Received { decoder, out, body })
+}
+
+/// Reads what the request body says (model, stream, content, tools) and scans it, from the
+/// proxy's copy: after the body went upstream, or before when the key blocks on findings.
+fn inspect_body(w: &Worker, plan: &CallPlan, call: &mut CallState, mut body: Vec<u8>) {
+    call.inspected = true;
+    call.request_bytes = body.len() as u64;
+    if plan.identity.retention == Retention::Full {
+        let mut copy = BodyCopy::new(w.shared.config.capture.max_content_bytes);
+        copy.push(&body);
+        call.request_copy = Some(copy);
+    }
+    let mut info = inspect_request(&mut body, plan.shape, plan.caps);
+    if call.model.is_none() {
+        call.model = info.model.clone();
+    }
+    call.stream |= info.stream;
+    if let Some(scanner) = w.shared.scanner.as_ref().filter(|_| plan.scan) {
+        scanner.scan(&std::mem::take(&mut info.units), &mut call.request_scan);
+    }
+    call.request_info = info;
+}
+
+/// Sends the rewritten head, then the body as it arrives from the client, raw bytes relayed as
+/// received (chunked framing included); an OpenAI chat body is read whole first (see the module
+/// doc). The body is copied aside for inspection; what it says (model, stream, tools, content)
+/// is read from that copy once the body has gone upstream.
+async fn forward_request(
+    w: &Worker,
+    client: &mut ClientConn,
+    plan: &CallPlan,
+    call: &mut CallState,
+    upstream: &mut UpstreamStream,
+    reused: bool,
+    deadline: Instant,
+    received: Option<Received>,
+) -> Result<Option<Vec<u8>>, ForwardError> {
+    let max_body = w.shared.config.limits.max_body_bytes;
+    let received = match received {
+        Some(r) => r,
+        None => receive_body(w, client, plan, call, deadline).await?,
+    };
+    let Received { mut decoder, out, mut body } = received;
     call.upstream_write_at = Some(call.started.elapsed());
     // Only a pooled connection can turn out dead and need the request resent; on a fresh one
     // nothing is kept. The write hands the buffer back, so the first part is kept, not copied.
@@ -419,18 +520,9 @@ async fn forward_request(
             return Err(ForwardError::Upstream(replay.filter(|_| decoder.is_done())));
         }
     }
-    call.request_bytes = body.len() as u64;
-    if plan.identity.retention == Retention::Full {
-        let mut copy = BodyCopy::new(w.shared.config.capture.max_content_bytes);
-        copy.push(&body);
-        call.request_copy = Some(copy);
+    if !call.inspected {
+        inspect_body(w, plan, call, body);
     }
-    let info = inspect_request(&mut body, plan.shape, plan.caps);
-    if call.model.is_none() {
-        call.model = info.model.clone();
-    }
-    call.stream |= info.stream;
-    call.request_info = info;
     Ok(replay)
 }
 
@@ -542,6 +634,7 @@ async fn relay_response_body(
     deadline: Instant,
 ) -> Result<Relayed, CallFailure> {
     let head_read = Instant::now();
+    let request_findings = call.request_scan.header_value();
     let write_timeout = w.shared.config.limits.client_write_timeout;
     let event_stream = resp.header(&buf, "content-type").is_some_and(|v| v.starts_with(b"text/event-stream"));
     call.stream |= event_stream;
@@ -567,8 +660,10 @@ async fn relay_response_body(
         request_id: &call.id,
         close: !client_keep_alive,
         body: framing,
+        findings: request_findings.as_deref(),
     };
     let mut out = downstream_response_head(&buf, &resp, &add);
+    drop(add);
     buf.drain(..resp.len);
     let mut decoder = BodyDecoder::new(resp.framing, u64::MAX);
     let mut relay = Relay { framing, filter, payload: Vec::new(), client_payload: Vec::new(), ended: false };
@@ -745,12 +840,27 @@ async fn finish_capture(w: &Worker, plan: &CallPlan, mut call: CallState) {
             .flatten()
             .find_map(|m| w.shared.pricing.cost(plan.provider, m, &u))
     });
+    // The answer and tool calls are scanned here, after the last byte was relayed.
+    let mut scan = std::mem::take(&mut call.request_scan);
+    let mut response_scan = CallScan::default();
+    if let Some(scanner) = w.shared.scanner.as_ref().filter(|_| plan.scan) {
+        scanner.scan(&response_units(&facts), &mut response_scan);
+    }
+    let in_request: Vec<String> = scan.redactor.secrets().map(str::to_owned).collect();
+    let in_response: Vec<String> = response_scan.redactor.secrets().map(str::to_owned).collect();
+    scan.merge(response_scan);
+    let secrets = content::Secrets {
+        all: &scan.redactor,
+        in_request: in_request.iter().map(String::as_str).collect(),
+        in_response: in_response.iter().map(String::as_str).collect(),
+    };
     let content = content::build(
         id.retention,
         &call.request_info,
         call.request_copy.as_ref(),
         &facts,
         call.response_copy.as_ref(),
+        &secrets,
     );
     let overhead =
         call.upstream_write_at.map(|t| ms(t.saturating_sub(call.connect_time) + call.head_relay.unwrap_or_default()));
@@ -788,6 +898,8 @@ async fn finish_capture(w: &Worker, plan: &CallPlan, mut call: CallState) {
         request: content.request,
         response: content.response,
         tools: content.tools,
+        findings: scan.findings,
+        findings_dropped: scan.dropped,
     };
     w.shared.capture.send(record).await;
 }

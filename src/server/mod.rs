@@ -26,6 +26,7 @@ use crate::auth::{KeyStore, SharedKeys};
 use crate::capture::{start_writer, CaptureSender, CaptureStats, RecordSink, WriterHandle};
 use crate::config::Config;
 use crate::pricing::PriceTable;
+use crate::scan::Scanner;
 use crate::upstream::{start_resolver, Resolver};
 
 /// What every worker reads: resolved config, key table, capture channel, TLS config, and the
@@ -39,6 +40,8 @@ pub struct Shared {
     pub shutdown: Arc<AtomicBool>,
     /// Prices for the cost of each call.
     pub pricing: Arc<PriceTable>,
+    /// The security scanner (compiled once); None when scanning is off.
+    pub scanner: Option<Arc<Scanner>>,
     /// The read API's reader threads; none when the server records into something other than
     /// the RocksDB store (the read API then answers 503).
     pub reads: Option<Readers>,
@@ -160,7 +163,9 @@ fn launch(
         Some((r, threads)) => (Some(r), Some(threads)),
         None => (None, None),
     };
-    let shared = Arc::new(Shared { config, keys, capture, tls, resolver, shutdown: stop.clone(), pricing, reads });
+    let scanner = config.capture.scan.then(|| Arc::new(Scanner::new()));
+    let shared =
+        Arc::new(Shared { config, keys, capture, tls, resolver, shutdown: stop.clone(), pricing, scanner, reads });
     let mut handle = ServerHandle {
         addr,
         driver,

@@ -116,10 +116,12 @@ pub struct Caps {
     pub text: usize,
     /// Bytes of each tool call's arguments kept.
     pub arguments: usize,
+    /// Collect the request's texts for security scanning (`inspect::RequestInfo::units`).
+    pub scan: bool,
 }
 
 impl Caps {
-    pub const USAGE_ONLY: Caps = Caps { content: false, text: 0, arguments: 0 };
+    pub const USAGE_ONLY: Caps = Caps { content: false, text: 0, arguments: 0, scan: false };
 }
 
 /// A tool call the model made, assembled from streamed fragments where it was streamed.
