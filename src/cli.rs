@@ -28,6 +28,9 @@ pub enum Command {
     /// Read sessions: an agent's, newest first, or one with its calls.
     #[command(subcommand)]
     Sessions(SessionsCommand),
+    /// Read security findings (secrets, personal data, prompt injection, risky tool calls).
+    #[command(subcommand)]
+    Findings(FindingsCommand),
 }
 
 #[derive(Args, Debug, Default)]
@@ -195,6 +198,28 @@ pub enum AgentsCommand {
         user: String,
         #[command(flatten)]
         dir: DataDirArg,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum FindingsCommand {
+    /// List findings, newest sessions first: kind, severity, where, a masked excerpt. Works
+    /// while a server holds the data dir.
+    List {
+        /// Only this agent's calls.
+        #[arg(long)]
+        agent: Option<String>,
+        /// Only this session's calls.
+        #[arg(long)]
+        session: Option<String>,
+        /// Only findings of at least this severity: low, medium or high.
+        #[arg(long, default_value = "low")]
+        min_severity: String,
+        /// At most this many findings.
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+        #[command(flatten)]
+        scope: ReadScope,
     },
 }
 

@@ -9,9 +9,11 @@ use kurral_proxy::auth::{KeyLimits, KeyStore};
 use kurral_proxy::capture::layout::rfc3339_ms;
 use kurral_proxy::capture::store::Store;
 use kurral_proxy::capture::summary::{AgentSummary, SessionSummary};
+use kurral_proxy::capture::findings::FindingQuery;
 use kurral_proxy::capture::Env;
+use kurral_proxy::scan::Severity;
 use kurral_proxy::cli::{
-    AgentsCommand, CallsCommand, Cli, Command, KeysCommand, ReadScope, ServeArgs, SessionsCommand,
+    AgentsCommand, CallsCommand, Cli, Command, FindingsCommand, KeysCommand, ReadScope, ServeArgs, SessionsCommand,
 };
 use kurral_proxy::{config, server};
 
@@ -28,6 +30,7 @@ fn main() -> ExitCode {
         Command::Calls(cmd) => calls(cmd),
         Command::Agents(cmd) => agents(cmd),
         Command::Sessions(cmd) => sessions(cmd),
+        Command::Findings(cmd) => findings(cmd),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -385,6 +388,58 @@ fn sessions(cmd: SessionsCommand) -> Result<(), String> {
                 }
             }
         }
+    }
+    Ok(())
+}
+
+fn findings(cmd: FindingsCommand) -> Result<(), String> {
+    let FindingsCommand::List { agent, session, min_severity, limit, scope } = cmd;
+    let min_severity = match min_severity.as_str() {
+        "low" => Severity::Low,
+        "medium" => Severity::Medium,
+        "high" => Severity::High,
+        other => return Err(format!("--min-severity must be low, medium or high, got {other}")),
+    };
+    let store = read_store(&scope)?;
+    let mut rows = Vec::new();
+    if let Some(store) = &store {
+        for user in scope_users(store, &scope)? {
+            let q = FindingQuery {
+                user: &user,
+                agent: agent.as_deref(),
+                session: session.as_deref(),
+                min_severity,
+                limit,
+            };
+            rows.extend(kurral_proxy::capture::findings::list(store, &q)?);
+        }
+    }
+    rows.sort_by(|a, b| b.started_at.cmp(&a.started_at));
+    rows.truncate(limit);
+    if scope.json {
+        print_json(&serde_json::json!({ "findings": rows }));
+        return Ok(());
+    }
+    println!(
+        "{:<24} {:<20} {:<36} {:<8} {:<22} {:<18} EXCERPT",
+        "STARTED", "AGENT", "CALL", "SEVERITY", "KIND", "WHERE"
+    );
+    for r in &rows {
+        let f = &r.finding;
+        let at = match f.index {
+            Some(i) => format!("{} {i}", f.location.name()),
+            None => f.location.name().to_string(),
+        };
+        println!(
+            "{:<24} {:<20} {:<36} {:<8} {:<22} {:<18} {}",
+            r.started_at,
+            r.agent,
+            r.call_id,
+            f.severity.name(),
+            f.kind.name(),
+            at,
+            f.excerpt
+        );
     }
     Ok(())
 }

@@ -7,8 +7,11 @@
 //! - `layout`: the store's column families and keys (per user), values versioned.
 //! - `summary`: per-session and per-agent aggregates the writer keeps up to date.
 //! - `store`: the RocksDB sink and the queries of the read API and the CLI (feature `store`).
+//! - `findings`: the security findings of a user's calls, for `findings list` (feature `store`).
 
 pub mod content;
+#[cfg(feature = "store")]
+pub mod findings;
 pub mod layout;
 pub mod record;
 #[cfg(feature = "store")]

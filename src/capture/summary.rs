@@ -17,6 +17,7 @@ use serde::{Deserialize, Serialize};
 use super::layout::rfc3339_ms;
 use super::record::{CallRecord, Env, Outcome};
 use crate::pricing::Usd;
+use crate::scan::{Category, Finding};
 
 /// Version byte of the current summary encoding.
 pub const SUMMARY_VERSION: u8 = 1;
@@ -29,6 +30,46 @@ pub struct Contribution {
     pub output_tokens: u64,
     pub cost: Usd,
     pub unpriced: bool,
+    pub findings: FindingCounts,
+}
+
+/// Security findings counted by category.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FindingCounts {
+    #[serde(default)]
+    pub secret: u64,
+    #[serde(default)]
+    pub pii: u64,
+    #[serde(default)]
+    pub injection: u64,
+    #[serde(default)]
+    pub tool: u64,
+}
+
+impl FindingCounts {
+    pub fn of(findings: &[Finding]) -> FindingCounts {
+        let mut c = FindingCounts::default();
+        for f in findings {
+            *match f.category {
+                Category::Secret => &mut c.secret,
+                Category::Pii => &mut c.pii,
+                Category::Injection => &mut c.injection,
+                Category::Tool => &mut c.tool,
+            } += 1;
+        }
+        c
+    }
+
+    pub fn total(&self) -> u64 {
+        self.secret + self.pii + self.injection + self.tool
+    }
+
+    fn add(&mut self, o: &FindingCounts) {
+        self.secret += o.secret;
+        self.pii += o.pii;
+        self.injection += o.injection;
+        self.tool += o.tool;
+    }
 }
 
 impl Contribution {
@@ -40,6 +81,7 @@ impl Contribution {
             output_tokens: usage.output_tokens.unwrap_or(0),
             cost: r.cost.as_ref().map_or(Usd::ZERO, |c| c.total),
             unpriced: r.unpriced_model,
+            findings: FindingCounts::of(&r.findings),
         }
     }
 }
@@ -55,6 +97,9 @@ pub struct Totals {
     pub cost: Usd,
     #[serde(default)]
     pub unpriced_calls: u64,
+    /// Security findings of the calls, by category.
+    #[serde(default)]
+    pub findings: FindingCounts,
 }
 
 impl Totals {
@@ -65,6 +110,7 @@ impl Totals {
         self.output_tokens = self.output_tokens.saturating_add(c.output_tokens);
         self.cost += c.cost;
         self.unpriced_calls += u64::from(c.unpriced);
+        self.findings.add(&c.findings);
     }
 
     /// `head` (an object) with the totals' fields added, as the read API shows them.
@@ -77,6 +123,8 @@ impl Totals {
             map.insert("cost_usd".into(), self.cost.to_f64().into());
             map.insert("cost_exact".into(), self.cost.to_string().into());
             map.insert("unpriced_calls".into(), self.unpriced_calls.into());
+            map.insert("findings".into(), self.findings.total().into());
+            map.insert("findings_by_category".into(), serde_json::json!(self.findings));
         }
         head
     }
