@@ -28,11 +28,9 @@ const WORDS: &[&str] = &[
     "you are now",
     "developer mode",
     "do anything now",
-    "reveal",
-    "repeat",
-    "print",
-    "show me",
-    "output",
+    "system prompt",
+    "system message",
+    "initial instructions",
 ];
 
 /// Chat-template tokens and role markers, matched as written.
@@ -97,10 +95,11 @@ const ROLE_PLAY: &str = r"(?xi)
 /// Before `developer mode`: being told to enter it.
 const ENTER_MODE: &str = r"(?i)(?:enter|enable|activate|switch\s+(?:in)?to|now\s+in|are\s+in)\s+(?:the\s+)?$";
 
-/// After `reveal` / `repeat` / `print` / `show me` / `output`: asking for the hidden prompt.
+/// Before `system prompt` / `system message` / `initial instructions`: asking for the hidden
+/// prompt.
 const EXTRACT: &str = r"(?xi)
-    ^(?:reveal|repeat|print|show\ me|output)\s+(?:(?:all|everything)\s+(?:of\s+)?)?(?:your|the)\s+
-    (?:(?:full|entire|original|initial|hidden|secret|exact)\s+)*(?:system\s+prompt|system\s+message|initial\s+instructions|instructions\s+above)";
+    (?:reveal|repeat|print|show(?:\s+me)?|output|leak|display|tell\s+me)\s+(?:(?:all|everything)\s+(?:of\s+)?)?(?:your|the)\s+
+    (?:(?:full|entire|original|initial|hidden|secret|exact)\s+)*$";
 
 /// Where a phrase may start: the word is not the end of a longer word.
 fn word_start(b: &[u8], at: usize) -> bool {
@@ -118,8 +117,12 @@ enum Anchor {
 }
 
 pub struct Injection {
+    /// Key words, then markers: two automata of under 64 patterns each, so each is searched by
+    /// aho-corasick's SIMD prefilter.
     anchors: AhoCorasick,
     kinds: Vec<Anchor>,
+    markers: AhoCorasick,
+    marker_kinds: Vec<Anchor>,
     override_: Regex,
     new_rules: Regex,
     role_play: Regex,
@@ -135,7 +138,7 @@ impl Injection {
             let anchor = match *word {
                 "new instructions" | "from now on" => Anchor::NewRules,
                 "you are now" | "developer mode" | "do anything now" => Anchor::RolePlay,
-                "reveal" | "repeat" | "print" | "show me" | "output" => Anchor::Extract,
+                "system prompt" | "system message" | "initial instructions" => Anchor::Extract,
                 _ => Anchor::Override,
             };
             let mut capitalized = word.to_string();
@@ -145,19 +148,22 @@ impl Injection {
                 kinds.push(anchor);
             }
         }
+        let mut marker_kinds = Vec::new();
         for marker in MARKERS {
-            patterns.push(marker.to_string());
             let line = marker.ends_with(':') || marker.starts_with("###");
-            kinds.push(if line { Anchor::LineMarker } else { Anchor::Marker });
+            marker_kinds.push(if line { Anchor::LineMarker } else { Anchor::Marker });
         }
-        let anchors = AhoCorasick::builder()
-            .match_kind(MatchKind::LeftmostFirst)
-            .build(&patterns)
-            .expect("the injection anchors compile");
+        let automaton = |p: &[String]| {
+            AhoCorasick::builder().match_kind(MatchKind::LeftmostFirst).build(p).expect("the injection anchors compile")
+        };
+        let anchors = automaton(&patterns);
+        let markers = automaton(&MARKERS.iter().map(|m| m.to_string()).collect::<Vec<_>>());
         let re = |p: &str| RegexBuilder::new(p).size_limit(1 << 22).build().expect("the injection patterns compile");
         Injection {
             anchors,
             kinds,
+            markers,
+            marker_kinds,
             override_: re(OVERRIDE),
             new_rules: re(NEW_RULES),
             role_play: re(ROLE_PLAY),
@@ -167,9 +173,15 @@ impl Injection {
     }
 
     pub fn find(&self, text: &str, place: Place, out: &mut Vec<Match>) {
+        self.find_with(&self.anchors, &self.kinds, text, place, out);
+        self.find_with(&self.markers, &self.marker_kinds, text, place, out);
+        hidden(text, out);
+    }
+
+    fn find_with(&self, anchors: &AhoCorasick, kinds: &[Anchor], text: &str, place: Place, out: &mut Vec<Match>) {
         let b = text.as_bytes();
         let mut covered = 0;
-        for hit in self.anchors.find_iter(b) {
+        for hit in anchors.find_iter(b) {
             let at = hit.start();
             if at < covered {
                 continue;
@@ -177,10 +189,13 @@ impl Injection {
             // Phrases are read within the next few hundred bytes.
             let window = &text[at..floor_char(text, at + 240)];
             let phrase = |re: &Regex| word_start(b, at).then(|| re.find(window)).flatten().map(|m| at..at + m.end());
-            let found = match self.kinds[hit.pattern().as_usize()] {
+            let found = match kinds[hit.pattern().as_usize()] {
                 Anchor::Override => phrase(&self.override_).map(|r| (Kind::InstructionOverride, r)),
                 Anchor::NewRules => phrase(&self.new_rules).map(|r| (Kind::InstructionOverride, r)),
-                Anchor::Extract => phrase(&self.extract).map(|r| (Kind::InstructionOverride, r)),
+                Anchor::Extract => {
+                    let before = &text[ceil_char(text, at.saturating_sub(80))..at];
+                    self.extract.find(before).map(|m| (Kind::InstructionOverride, at - before.len() + m.start()..hit.end()))
+                }
                 Anchor::RolePlay => phrase(&self.role_play)
                     .or_else(|| {
                         let before = &text[ceil_char(text, at.saturating_sub(32))..at];
@@ -210,7 +225,6 @@ impl Injection {
                 out.push(Match { kind, range });
             }
         }
-        hidden(b, out);
     }
 }
 
@@ -256,10 +270,10 @@ fn hidden_class(c: char) -> Option<Hidden> {
 
 /// Runs of invisible characters. Tag characters and bidi controls count from one; zero-width
 /// characters from two in a row (a single joiner inside an emoji sequence is ordinary).
-fn hidden(b: &[u8], out: &mut Vec<Match>) {
+fn hidden(text: &str, out: &mut Vec<Match>) {
     // Every character concerned is encoded starting with 0xE2 (U+2xxx), 0xEF (U+FEFF) or 0xF3
     // (the tags plane).
-    let text = std::str::from_utf8(b).expect("scanned text is UTF-8");
+    let b = text.as_bytes();
     let mut resume = 0;
     for at in memchr::memchr3_iter(0xE2, 0xEF, 0xF3, b) {
         if at < resume {

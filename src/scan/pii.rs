@@ -17,7 +17,14 @@ pub fn find(text: &str, out: &mut Vec<Match>) {
             at = d + 1;
             continue;
         }
-        let found = iban(b, d).or_else(|| nino(b, d)).or_else(|| ssn(b, d)).or_else(|| card(b, d)).or_else(|| phone(b, d));
+        // Most numbers in text are short (years, amounts, counts): only a long enough run can be
+        // a card (13+ digits) or a phone number (8+).
+        let digits = run_digits(b, d);
+        let found = iban(b, d)
+            .or_else(|| nino(b, d))
+            .or_else(|| ssn(b, d))
+            .or_else(|| if digits >= 13 { card(b, d) } else { None })
+            .or_else(|| if digits >= 8 { phone(b, d) } else { None });
         match found {
             Some(m) => {
                 at = m.range.end;
@@ -26,6 +33,28 @@ pub fn find(text: &str, out: &mut Vec<Match>) {
             None => at = take_while(b, d, |c| c.is_ascii_digit()),
         }
     }
+}
+
+/// Digits in the run from `at`, across single separators (space, dash, dot, parentheses), up
+/// to 20.
+fn run_digits(b: &[u8], at: usize) -> usize {
+    let separator = |c: u8| matches!(c, b' ' | b'-' | b'.' | b'(' | b')');
+    let mut count = 0;
+    let mut i = at;
+    while i < b.len() && count < 20 {
+        if b[i].is_ascii_digit() {
+            count += 1;
+            i += 1;
+            continue;
+        }
+        // At most two separators in a row (`) `, ` (`), then a digit.
+        let seps = b[i..].iter().take(3).take_while(|&&c| separator(c)).count();
+        if seps == 0 || seps > 2 || !b.get(i + seps).is_some_and(u8::is_ascii_digit) {
+            break;
+        }
+        i += seps;
+    }
+    count
 }
 
 /// The first ASCII digit at or after `from`, eight bytes at a time.
@@ -228,7 +257,7 @@ fn nino(b: &[u8], at: usize) -> Option<Match> {
     Some(Match { kind: Kind::UkNino, range: start..end + 1 })
 }
 
-/// IBAN lengths by country (ISO 13616 registry).
+/// IBAN lengths by country (ISO 13616 registry), sorted by country code.
 const IBAN_LENGTHS: &[(&[u8; 2], usize)] = &[
     (b"AD", 24), (b"AE", 23), (b"AL", 28), (b"AT", 20), (b"AZ", 28), (b"BA", 20), (b"BE", 16), (b"BG", 22),
     (b"BH", 22), (b"BR", 29), (b"CH", 21), (b"CR", 22), (b"CY", 28), (b"CZ", 24), (b"DE", 22), (b"DK", 18),
@@ -247,7 +276,11 @@ const IBAN_LENGTHS: &[(&[u8; 2], usize)] = &[
 fn iban(b: &[u8], at: usize) -> Option<Match> {
     let start = at.checked_sub(2)?;
     let country = [b[start], b[start + 1]];
-    let &(_, len) = IBAN_LENGTHS.iter().find(|(c, _)| **c == country)?;
+    if !country.iter().all(u8::is_ascii_uppercase) {
+        return None;
+    }
+    let i = IBAN_LENGTHS.binary_search_by(|(c, _)| c.as_slice().cmp(&country[..])).ok()?;
+    let len = IBAN_LENGTHS[i].1;
     if !starts_word(b, start) || !b.get(at + 1).is_some_and(u8::is_ascii_digit) {
         return None;
     }
@@ -345,6 +378,11 @@ mod tests {
         let mut out = Vec::new();
         find(text, &mut out);
         out.into_iter().map(|m| (m.kind, &text[m.range])).collect()
+    }
+
+    #[test]
+    fn iban_countries_are_sorted() {
+        assert!(IBAN_LENGTHS.windows(2).all(|w| w[0].0 < w[1].0));
     }
 
     #[test]
