@@ -50,6 +50,14 @@ pub fn excerpt(text: &str, m: &Match, all: &[Match]) -> String {
     if end < text.len() {
         out.push('…');
     }
+    // The same secret written again in the window, where the detector did not take it (its
+    // context differed), is masked too.
+    for x in all.iter().filter(|x| x.kind.masked()) {
+        let found = &text[x.range.clone()];
+        if found.len() >= 4 && out.contains(found) {
+            out = out.replace(found, &format!("[{}]", x.kind.name()));
+        }
+    }
     cut_middle(out)
 }
 
