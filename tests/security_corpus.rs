@@ -1,12 +1,18 @@
 //! The detectors against a labelled corpus (`tests/fixtures/security/corpus.jsonl`): positive
 //! examples of every kind and benign look-alikes (documentation keys, placeholders, numbers that
 //! fail their checksum, the word "ignore" in prose, safe shell and SQL). Prints the detection
-//! rate per kind and every miss and false positive, and holds them to thresholds.
+//! rate per kind and every miss and false positive, and holds them to thresholds. A second,
+//! held-out corpus (`holdout.jsonl`) was written apart from the detectors and is not used to tune
+//! them; its thresholds are what the detectors reached on it when it was added.
 
 use std::collections::BTreeMap;
 
 use kurral_proxy::scan::{Kind, Match, Place, Scanner};
 use serde::Deserialize;
+
+/// Held-out thresholds: the figures measured when the corpus was added, rounded down.
+const HOLDOUT_RATE: f64 = 0.98;
+const HOLDOUT_BENIGN_FLAGGED: u32 = 1;
 
 #[derive(Deserialize)]
 struct Case {
@@ -47,12 +53,24 @@ fn texts(case: &Case) -> Vec<String> {
     out
 }
 
-#[test]
-fn detection_rate_and_false_positives() {
-    let corpus = include_str!("fixtures/security/corpus.jsonl");
+/// Detection per kind, and what was flagged that should not have been.
+struct Stats {
+    per_kind: BTreeMap<&'static str, (u32, u32)>,
+    benign: u32,
+    benign_flagged: u32,
+    extra: usize,
+}
+
+impl Stats {
+    fn rate(&self) -> f64 {
+        let (e, f) = self.per_kind.values().fold((0, 0), |(a, b), (e, f)| (a + e, b + f));
+        f64::from(f) / f64::from(e)
+    }
+}
+
+fn evaluate(corpus: &str) -> Stats {
     let scanner = Scanner::new();
-    let mut per_kind: BTreeMap<&str, (u32, u32)> = BTreeMap::new(); // (expected, found)
-    let (mut benign, mut benign_flagged, mut extra) = (0, 0, 0);
+    let mut stats = Stats { per_kind: BTreeMap::new(), benign: 0, benign_flagged: 0, extra: 0 };
     let mut report = Vec::new();
     let mut found = Vec::<Match>::new();
     for line in corpus.lines().filter(|l| !l.trim().is_empty()) {
@@ -65,41 +83,59 @@ fn detection_rate_and_false_positives() {
         kinds.sort_unstable();
         kinds.dedup();
         for want in &case.expect {
-            assert!(Kind::from_name(want).is_some(), "{}: unknown kind {want}", case.id);
-            let e = per_kind.entry(Kind::from_name(want).unwrap().name()).or_default();
+            let kind = Kind::from_name(want).unwrap_or_else(|| panic!("{}: unknown kind {want}", case.id));
+            let e = stats.per_kind.entry(kind.name()).or_default();
             e.0 += 1;
             if kinds.contains(&want.as_str()) {
                 e.1 += 1;
             } else {
-                report.push(format!("MISS  {:<16} {}", want, case.id));
+                report.push(format!("MISS  {:<22} {}", want, case.id));
             }
         }
         let unexpected: Vec<&str> = kinds.iter().filter(|k| !case.expect.iter().any(|e| e == *k)).copied().collect();
         if case.expect.is_empty() {
-            benign += 1;
-            benign_flagged += u32::from(!unexpected.is_empty());
+            stats.benign += 1;
+            stats.benign_flagged += u32::from(!unexpected.is_empty());
         }
-        extra += unexpected.len();
+        stats.extra += unexpected.len();
         for k in unexpected {
-            report.push(format!("FALSE {:<16} {}", k, case.id));
+            report.push(format!("FALSE {:<22} {}", k, case.id));
         }
     }
-    let (expected, detected) = per_kind.values().fold((0, 0), |(a, b), (e, f)| (a + e, b + f));
     println!("{:<22} {:>8} {:>8} {:>7}", "kind", "expected", "found", "rate");
-    for (kind, (e, f)) in &per_kind {
+    for (kind, (e, f)) in &stats.per_kind {
         println!("{kind:<22} {e:>8} {f:>8} {:>6.1}%", 100.0 * f64::from(*f) / f64::from(*e));
     }
-    let rate = f64::from(detected) / f64::from(expected);
-    println!("detected {detected} of {expected} ({:.1}%)", 100.0 * rate);
-    println!("benign lines flagged: {benign_flagged} of {benign}; unexpected findings in all lines: {extra}");
+    println!("detection rate {:.1}%", 100.0 * stats.rate());
+    println!(
+        "benign lines flagged: {} of {}; unexpected findings in all lines: {}",
+        stats.benign_flagged, stats.benign, stats.extra
+    );
     for r in &report {
         println!("{r}");
     }
-    assert_eq!(per_kind.len(), Kind::ALL.len(), "every kind has positive examples");
-    assert!(rate >= 0.97, "detection rate {rate:.3} under 97%");
-    for (kind, (e, f)) in &per_kind {
+    stats
+}
+
+/// The corpus the detectors were developed against.
+#[test]
+fn detection_rate_and_false_positives() {
+    let stats = evaluate(include_str!("fixtures/security/corpus.jsonl"));
+    assert_eq!(stats.per_kind.len(), Kind::ALL.len(), "every kind has positive examples");
+    assert!(stats.rate() >= 0.97, "detection rate {:.3} under 97%", stats.rate());
+    for (kind, (e, f)) in &stats.per_kind {
         assert!(f64::from(*f) / f64::from(*e) >= 0.90, "{kind}: {f} of {e} detected");
     }
-    assert!(benign_flagged <= benign / 100, "{benign_flagged} of {benign} benign lines flagged (at most 1%)");
-    assert!(extra <= 3, "{extra} unexpected findings");
+    assert!(stats.benign_flagged <= stats.benign / 100, "more than 1% of benign lines flagged");
+    assert!(stats.extra <= 3, "{} unexpected findings", stats.extra);
+}
+
+/// A held-out corpus, written apart from the detectors and never used to tune them: what they
+/// do on text they have not seen.
+#[test]
+fn held_out_detection_rate_and_false_positives() {
+    let stats = evaluate(include_str!("fixtures/security/holdout.jsonl"));
+    assert_eq!(stats.per_kind.len(), Kind::ALL.len(), "every kind has positive examples");
+    assert!(stats.rate() >= HOLDOUT_RATE, "detection rate {:.3} under {HOLDOUT_RATE}", stats.rate());
+    assert!(stats.benign_flagged <= HOLDOUT_BENIGN_FLAGGED, "{} benign lines flagged", stats.benign_flagged);
 }

@@ -11,6 +11,9 @@ use std::time::Duration;
 use monoio::buf::{IoBuf, IoBufMut};
 use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt, CancelHandle, CancelableAsyncReadRent};
 use monoio::net::TcpStream;
+use monoio::BufResult;
+
+use super::memory::MemoryStream;
 
 /// Initial read buffer: holds a typical SDK request head and a small JSON body in one read.
 pub const READ_BUF: usize = 16 * 1024;
@@ -20,14 +23,50 @@ pub const READ_BUF: usize = 16 * 1024;
 const LINGER: Duration = Duration::from_millis(500);
 const LINGER_MAX_BYTES: usize = 256 * 1024;
 
+/// The client's transport: a socket, or the in-memory script the `connection` fuzz target drives.
+pub enum ClientStream {
+    Tcp(TcpStream),
+    Memory(MemoryStream),
+}
+
+impl ClientStream {
+    async fn read<T: IoBufMut>(&mut self, buf: T) -> BufResult<usize, T> {
+        match self {
+            ClientStream::Tcp(s) => s.read(buf).await,
+            ClientStream::Memory(s) => s.read(buf).await,
+        }
+    }
+
+    async fn cancelable_read<T: IoBufMut>(&mut self, buf: T, cancel: CancelHandle) -> BufResult<usize, T> {
+        match self {
+            ClientStream::Tcp(s) => s.cancelable_read(buf, cancel).await,
+            ClientStream::Memory(s) => s.read(buf).await,
+        }
+    }
+
+    async fn write_all<T: IoBuf + 'static>(&mut self, buf: T) -> BufResult<usize, T> {
+        match self {
+            ClientStream::Tcp(s) => s.write_all(buf).await,
+            ClientStream::Memory(s) => s.write_all(buf).await,
+        }
+    }
+
+    async fn shutdown(&mut self) -> io::Result<()> {
+        match self {
+            ClientStream::Tcp(s) => s.shutdown().await,
+            ClientStream::Memory(_) => Ok(()),
+        }
+    }
+}
+
 pub struct ClientConn {
-    pub stream: TcpStream,
+    stream: ClientStream,
     buf: Vec<u8>,
     start: usize,
 }
 
 impl ClientConn {
-    pub fn new(stream: TcpStream) -> ClientConn {
+    pub fn new(stream: ClientStream) -> ClientConn {
         ClientConn { stream, buf: Vec::with_capacity(READ_BUF), start: 0 }
     }
 

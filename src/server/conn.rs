@@ -12,19 +12,15 @@
 use std::rc::Rc;
 use std::time::{Instant, SystemTime};
 
-use monoio::net::TcpStream;
-
 use super::call::{plan_call, run_call};
-use super::client::ClientConn;
+use super::client::{ClientConn, ClientStream};
 use super::worker::{ConnStop, Worker};
 use crate::error::{ErrorKind, ProxyError};
 use crate::http::head::{parse_request_head, HeadError, HeadLimits, RequestHead};
 use crate::http::rewrite::local_response;
 use crate::provider::{route, Route};
 
-pub async fn serve_connection(w: &Rc<Worker>, stream: TcpStream, stop: &ConnStop) {
-    // Streamed events are small: send each as soon as it is written.
-    let _ = stream.set_nodelay(true);
+pub async fn serve_connection(w: &Rc<Worker>, stream: ClientStream, stop: &ConnStop) {
     let mut client = ClientConn::new(stream);
     loop {
         let read = monoio::select! {

@@ -9,6 +9,7 @@
 pub mod call;
 pub mod client;
 pub mod conn;
+pub mod memory;
 pub mod runtime;
 pub mod worker;
 

@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 use monoio::io::{CancelHandle, Canceller};
 use monoio::net::TcpListener;
 
+use super::client::ClientStream;
 use super::conn::serve_connection;
 use super::Shared;
 use crate::upstream::{Connector, Pool};
@@ -78,6 +79,19 @@ impl Future for Stopped<'_> {
 }
 
 impl Worker {
+    pub fn new(id: usize, shared: Arc<Shared>, connector: Connector, shutdown: CancelHandle) -> Rc<Worker> {
+        Rc::new(Worker {
+            id,
+            shutdown,
+            shared,
+            pool: Pool::default(),
+            connector,
+            active: Cell::new(0),
+            stops: RefCell::new(HashMap::new()),
+            next_conn: Cell::new(0),
+        })
+    }
+
     pub fn shutting_down(&self) -> bool {
         self.shared.shutdown.load(Ordering::Relaxed)
     }
@@ -138,16 +152,7 @@ pub async fn run_worker(id: usize, listener: std::net::TcpListener, shared: Arc<
     };
     let connector = Connector::new(shared.tls.clone(), shared.resolver.clone());
     let canceller = Canceller::new();
-    let worker = Rc::new(Worker {
-        id,
-        shutdown: canceller.handle(),
-        shared,
-        pool: Pool::default(),
-        connector,
-        active: Cell::new(0),
-        stops: RefCell::new(HashMap::new()),
-        next_conn: Cell::new(0),
-    });
+    let worker = Worker::new(id, shared, connector, canceller.handle());
 
     // Turns the shutdown flag into a cancellation of the worker's waiting operations. Cancelled
     // operations, unlike abandoned ones, still return what they completed: no accepted
@@ -163,8 +168,11 @@ pub async fn run_worker(id: usize, listener: std::net::TcpListener, shared: Arc<
     while !worker.shutting_down() {
         match listener.cancelable_accept(worker.shutdown.clone()).await {
             Ok((stream, _peer)) => {
+                // Streamed events are small: send each as soon as it is written.
+                let _ = stream.set_nodelay(true);
                 let guard = ActiveGuard::new(&worker);
                 monoio::spawn(async move {
+                    let stream = ClientStream::Tcp(stream);
                     CatchPanic(Box::pin(serve_connection(&guard.worker, stream, &guard.stop))).await;
                     drop(guard);
                 });

@@ -18,6 +18,7 @@ use rustls_pki_types::{pem::PemObject, CertificateDer, ServerName};
 use super::resolver::Resolver;
 use super::stream::UpstreamStream;
 use super::url::UpstreamUrl;
+use crate::server::memory::MemoryStream;
 
 /// While an upstream host has no address yet (just after start), a connect waits for the
 /// resolver in steps of this long, within the connect timeout.
@@ -68,15 +69,24 @@ impl std::fmt::Display for ConnectError {
     }
 }
 
+/// Opens a scripted in-memory upstream instead of a socket (`server::memory`).
+pub type MemoryUpstreams = Box<dyn Fn() -> MemoryStream>;
+
 /// One per worker: the TLS connector and the shared resolver.
 pub struct Connector {
     tls: TlsConnector,
     resolver: Arc<Resolver>,
+    memory: Option<MemoryUpstreams>,
 }
 
 impl Connector {
     pub fn new(config: Arc<ClientConfig>, resolver: Arc<Resolver>) -> Connector {
-        Connector { tls: TlsConnector::from(config), resolver }
+        Connector { tls: TlsConnector::from(config), resolver, memory: None }
+    }
+
+    /// A connector whose every connection is `open()`: no socket, no TLS.
+    pub fn in_memory(config: Arc<ClientConfig>, resolver: Arc<Resolver>, open: MemoryUpstreams) -> Connector {
+        Connector { tls: TlsConnector::from(config), resolver, memory: Some(open) }
     }
 
     /// Connects to upstream `index` (a `Provider::index()`) at `url`.
@@ -93,6 +103,9 @@ impl Connector {
     }
 
     async fn connect_inner(&self, index: usize, url: &UpstreamUrl) -> Result<UpstreamStream, ConnectError> {
+        if let Some(open) = &self.memory {
+            return Ok(UpstreamStream::Memory(open()));
+        }
         let mut addrs = self.resolver.addrs(index);
         while addrs.is_empty() {
             // Bounded by the caller's timeout.

@@ -35,6 +35,13 @@ fn literal(url: &UpstreamUrl) -> Option<SocketAddr> {
     url.host.parse::<IpAddr>().ok().map(|ip| SocketAddr::new(ip, url.port))
 }
 
+impl Resolver {
+    /// Literal addresses only, no thread (names stay unresolved): for in-memory upstreams.
+    pub fn fixed(urls: &[UpstreamUrl]) -> Resolver {
+        Resolver { addrs: urls.iter().map(|u| ArcSwap::from_pointee(literal(u).into_iter().collect())).collect() }
+    }
+}
+
 /// Starts the resolver thread; it ends when `stop` is set.
 pub fn start_resolver(urls: &[UpstreamUrl], stop: Arc<AtomicBool>) -> std::io::Result<(Arc<Resolver>, JoinHandle<()>)> {
     let resolver = Arc::new(Resolver {

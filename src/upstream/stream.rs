@@ -8,10 +8,14 @@ use monoio::net::TcpStream;
 use monoio::BufResult;
 use monoio_rustls::ClientTlsStream;
 
+use crate::server::memory::MemoryStream;
+
 pub enum UpstreamStream {
     Plain(TcpStream),
     /// The socket's descriptor is kept beside the TLS stream, which does not expose it.
     Tls(Box<ClientTlsStream<TcpStream>>, RawFd),
+    /// A scripted upstream (`server::memory`, for the `connection` fuzz target).
+    Memory(MemoryStream),
 }
 
 impl UpstreamStream {
@@ -19,10 +23,11 @@ impl UpstreamStream {
         UpstreamStream::Tls(Box::new(stream), fd)
     }
 
-    fn fd(&self) -> RawFd {
+    fn fd(&self) -> Option<RawFd> {
         match self {
-            UpstreamStream::Plain(s) => s.as_raw_fd(),
-            UpstreamStream::Tls(_, fd) => *fd,
+            UpstreamStream::Plain(s) => Some(s.as_raw_fd()),
+            UpstreamStream::Tls(_, fd) => Some(*fd),
+            UpstreamStream::Memory(_) => None,
         }
     }
 
@@ -30,7 +35,9 @@ impl UpstreamStream {
     /// connection with anything pending (a late or unrequested response, the upstream's close)
     /// must not carry another request, or that data would answer the wrong call.
     pub fn is_quiet(&self) -> bool {
-        let mut pfd = libc::pollfd { fd: self.fd(), events: libc::POLLIN | libc::POLLRDHUP, revents: 0 };
+        // A scripted upstream always has its next bytes or its end pending.
+        let Some(fd) = self.fd() else { return false };
+        let mut pfd = libc::pollfd { fd, events: libc::POLLIN | libc::POLLRDHUP, revents: 0 };
         // SAFETY: one valid pollfd, a zero timeout; the descriptor is owned by `self`.
         let n = unsafe { libc::poll(&mut pfd, 1, 0) };
         n == 0
@@ -40,6 +47,7 @@ impl UpstreamStream {
         match self {
             UpstreamStream::Plain(s) => s.read(buf).await,
             UpstreamStream::Tls(s, _) => s.read(buf).await,
+            UpstreamStream::Memory(s) => s.read(buf).await,
         }
     }
 
@@ -47,6 +55,7 @@ impl UpstreamStream {
         match self {
             UpstreamStream::Plain(s) => s.write_all(buf).await,
             UpstreamStream::Tls(s, _) => s.write_all(buf).await,
+            UpstreamStream::Memory(s) => s.write_all(buf).await,
         }
     }
 }
