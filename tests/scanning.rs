@@ -210,6 +210,23 @@ fn findings_per_provider_with_header_counts_and_no_secret_stored() {
     assert!(listed.iter().any(|f| f.finding.kind == Kind::DestructiveShell));
     drop(store);
 
+    // The command line lists them too.
+    let cli = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_kurral-proxy"))
+            .args(["findings", "list", "--data-dir"])
+            .arg(&data_dir)
+            .args(args)
+            .output()
+            .expect("the CLI runs");
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let listed: serde_json::Value = serde_json::from_str(&cli(&["--json", "--min-severity", "high"])).unwrap();
+    let kinds: Vec<&str> = listed["findings"].as_array().unwrap().iter().map(|f| f["kind"].as_str().unwrap()).collect();
+    assert!(kinds.contains(&"destructive_shell") && kinds.contains(&"openai_api_key") && !kinds.contains(&"email"), "{kinds:?}");
+    let table = cli(&["--agent", "scan-agent"]);
+    assert!(table.contains("download_and_execute") && table.contains("tool_call 0"), "{table}");
+
     // The secrets are nowhere: not in any record as stored, not in any file of the data dir.
     let mut files = Vec::new();
     files_under(&data_dir, &mut files);
