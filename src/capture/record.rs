@@ -137,6 +137,9 @@ pub struct CallRecord {
     /// Findings past the per-call cap, counted only.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub findings_dropped: u32,
+    /// Part of the call's text was not scanned (past the per-call scan budget).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub scan_incomplete: bool,
 }
 
 fn is_zero(n: &u32) -> bool {
@@ -197,6 +200,7 @@ pub(crate) fn sample(id: &str) -> CallRecord {
         tools: None,
         findings: Vec::new(),
         findings_dropped: 0,
+        scan_incomplete: false,
     }
 }
 

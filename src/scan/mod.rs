@@ -32,6 +32,11 @@ pub use units::{Place, Unit};
 
 /// Findings kept per call; past this the record says how many more there were.
 pub const MAX_FINDINGS: usize = 64;
+/// Text scanned per call. Scanning runs on the worker thread (after the relay, but beside other
+/// connections), so a huge conversation must not hold it for long: past this much text (about
+/// 4 ms of scanning) the rest is left unscanned and the record says so. New turns are scanned
+/// first.
+pub const SCAN_BUDGET: usize = 4 * 1024 * 1024;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -214,7 +219,14 @@ impl Scanner {
     /// units that are `new` in this call.
     pub fn scan(&self, units: &[Unit], scan: &mut CallScan) {
         let mut found = Vec::new();
-        for unit in units {
+        // What this call adds first: it is what findings are reported for.
+        let ordered = units.iter().filter(|u| u.new).chain(units.iter().filter(|u| !u.new));
+        for unit in ordered {
+            if scan.scanned + unit.text.len() > SCAN_BUDGET {
+                scan.incomplete = true;
+                continue;
+            }
+            scan.scanned += unit.text.len();
             self.matches(&unit.text, unit.place, &mut found);
             for m in &found {
                 if m.kind.category() == Category::Secret {
@@ -264,6 +276,10 @@ pub struct CallScan {
     /// Findings past `MAX_FINDINGS`, counted, not kept.
     pub dropped: u32,
     pub redactor: Redactor,
+    /// Bytes of text scanned.
+    pub scanned: usize,
+    /// Some text was left unscanned (`SCAN_BUDGET`).
+    pub incomplete: bool,
 }
 
 impl CallScan {
@@ -283,6 +299,8 @@ impl CallScan {
     pub fn merge(&mut self, other: CallScan) {
         other.findings.into_iter().for_each(|f| self.push(f));
         self.dropped += other.dropped;
+        self.scanned += other.scanned;
+        self.incomplete |= other.incomplete;
         self.redactor.extend(&other.redactor);
     }
 
@@ -371,6 +389,19 @@ mod tests {
         assert!(f.excerpt.contains("[aws_access_key_id]"), "{}", f.excerpt);
         assert_eq!(scan.header_value().as_deref(), Some("aws_access_key_id"));
         assert!(scan.blocking().is_some());
+    }
+
+    #[test]
+    fn new_turns_are_scanned_first_and_the_budget_is_kept() {
+        let old = "a".repeat(SCAN_BUDGET);
+        let units = vec![
+            Unit { place: Place::RequestMessage, index: Some(0), text: old, new: false },
+            Unit { place: Place::RequestMessage, index: Some(1), text: "mail bob@example.com".into(), new: true },
+        ];
+        let mut scan = CallScan::default();
+        Scanner::new().scan(&units, &mut scan);
+        assert_eq!(scan.findings.len(), 1, "the new turn was scanned");
+        assert!(scan.incomplete && scan.scanned <= SCAN_BUDGET);
     }
 
     #[test]

@@ -125,9 +125,19 @@ pub fn response_units(facts: &ResponseFacts) -> Vec<Unit> {
 
 fn push(units: &mut Vec<Unit>, place: Place, index: Option<u32>, text: &str, new: bool) {
     // Role names, ids and types are short; nothing a detector finds is under 6 bytes.
-    if text.len() >= 6 {
+    if text.len() >= 6 && !is_encoded_blob(text) {
         units.push(Unit { place, index, text: text.to_string(), new });
     }
+}
+
+/// An image, audio clip or file sent inline (base64, or a `data:` URL): not text a person or a
+/// model reads, and often megabytes long.
+fn is_encoded_blob(text: &str) -> bool {
+    let b = text.as_bytes();
+    if b.starts_with(b"data:") && memchr::memmem::find(&b[..b.len().min(100)], b";base64,").is_some() {
+        return true;
+    }
+    b.len() >= 1024 && b[..1024].iter().all(|&c| c.is_ascii_alphanumeric() || matches!(c, b'+' | b'/' | b'=' | b'-' | b'_'))
 }
 
 /// Members whose values are protocol, not content: roles, types, ids.
@@ -217,6 +227,17 @@ mod tests {
         let u = units(body, Shape::Responses);
         assert!(u.contains(&(Place::ToolResult, Some(2), "the output".into(), true)));
         assert!(u.contains(&(Place::RequestMessage, Some(0), "look it up".into(), false)));
+    }
+
+    #[test]
+    fn inline_files_are_not_text() {
+        let image = format!("data:image/png;base64,{}", "iVBORw0KGgo".repeat(200));
+        let raw = "QUJD".repeat(400);
+        let body = format!(
+            r#"{{"messages":[{{"role":"user","content":[{{"type":"image_url","image_url":{{"url":"{image}"}}}},{{"type":"text","text":"what is this?"}}]}},{{"role":"user","content":"{raw}"}}]}}"#
+        );
+        let u = units(&body, Shape::Chat);
+        assert_eq!(u, [(Place::RequestMessage, Some(0), "what is this?".to_string(), true)]);
     }
 
     #[test]

@@ -900,6 +900,7 @@ async fn finish_capture(w: &Worker, plan: &CallPlan, mut call: CallState) {
         tools: content.tools,
         findings: scan.findings,
         findings_dropped: scan.dropped,
+        scan_incomplete: scan.incomplete,
     };
     w.shared.capture.send(record).await;
 }
