@@ -151,6 +151,21 @@ fn findings_per_provider_with_header_counts_and_no_secret_stored() {
     let resp = call(&proxy, &key, GEMINI_STREAM, "gemini-rm", "none", gemini);
     assert_eq!(resp.status, 200);
 
+    // The read API lists them, newest session first (records reach the store within moments).
+    let mut listed = serde_json::Value::Null;
+    for _ in 0..100 {
+        let resp = send(proxy.addr, &request("GET", "/api/findings?min_severity=high&limit=50", &[("X-Kurral-API-Key", &key)], b""));
+        assert_eq!(resp.status, 200);
+        listed = resp.json();
+        if listed["findings"].as_array().unwrap().iter().any(|f| f["kind"] == "destructive_shell") {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let high: Vec<&str> = listed["findings"].as_array().unwrap().iter().map(|f| f["kind"].as_str().unwrap()).collect();
+    assert!(high.contains(&"destructive_shell") && high.contains(&"openai_api_key") && !high.contains(&"email"), "{high:?}");
+    assert!(listed["findings"][0]["call_id"].is_string() && listed["findings"][0]["excerpt"].is_string());
+
     let data_dir = proxy.data_dir().to_path_buf();
     let records = proxy.stop_and_records();
     assert_eq!(records.len(), 4);

@@ -6,6 +6,7 @@
 //! GET /api/agents/{agent}/sessions?env=&limit=&cursor=     {"sessions":[Session...],"next_cursor"}
 //! GET /api/sessions/{session_id}?limit=&cursor=            {"session","calls":[Call...],"next_cursor"}
 //! GET /api/calls/{call_id}                                 Call
+//! GET /api/findings?agent=&session=&min_severity=&limit=   {"findings":[Finding + call...]}
 //! ```
 //!
 //! - `query`: path and query string → `ApiQuery` (400 on a bad parameter, 404 on no route).

@@ -3,6 +3,7 @@
 use crate::capture::layout::from_hex;
 use crate::capture::Env;
 use crate::error::ProxyError;
+use crate::scan::Severity;
 
 /// Sessions per page when `limit` is absent: a screen's worth.
 pub const DEFAULT_SESSIONS: usize = 50;
@@ -13,6 +14,9 @@ pub const MAX_SESSIONS: usize = 500;
 /// longer session continues with `next_cursor`.
 pub const DEFAULT_CALLS: usize = 1000;
 pub const MAX_CALLS: usize = 1000;
+/// Findings per answer when `limit` is absent, and at most.
+pub const DEFAULT_FINDINGS: usize = 100;
+pub const MAX_FINDINGS: usize = 1000;
 
 /// Which route a path names, with its path parameter.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -21,6 +25,7 @@ pub enum ApiRoute {
     Sessions { agent: String },
     Session { session_id: String },
     Call { call_id: String },
+    Findings,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -29,6 +34,7 @@ pub enum ApiQuery {
     Sessions { agent: String, env: Option<Env>, limit: usize, cursor: Option<Vec<u8>> },
     Session { session_id: String, limit: usize, cursor: Option<Vec<u8>> },
     Call { call_id: String },
+    Findings { agent: Option<String>, session: Option<String>, min_severity: Severity, limit: usize },
 }
 
 /// The route of a path (without its query), or `None` for a 404.
@@ -41,6 +47,7 @@ pub fn route(path: &str) -> Option<ApiRoute> {
         ["agents", agent, "sessions"] => Some(ApiRoute::Sessions { agent: segment(agent)? }),
         ["sessions", id] => Some(ApiRoute::Session { session_id: segment(id)? }),
         ["calls", id] => Some(ApiRoute::Call { call_id: segment(id)? }),
+        ["findings"] => Some(ApiRoute::Findings),
         _ => None,
     }
 }
@@ -51,10 +58,12 @@ pub fn parse_query(route: ApiRoute, params: &str) -> Result<ApiQuery, ProxyError
     let mut env = None;
     let mut limit = None;
     let mut cursor = None;
+    let (mut agent, mut session, mut min_severity) = (None, None, Severity::Low);
     let allowed: &[&str] = match route {
         ApiRoute::Agents | ApiRoute::Call { .. } => &[],
         ApiRoute::Sessions { .. } => &["env", "limit", "cursor"],
         ApiRoute::Session { .. } => &["limit", "cursor"],
+        ApiRoute::Findings => &["agent", "session", "min_severity", "limit"],
     };
     for pair in params.split('&').filter(|p| !p.is_empty()) {
         let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
@@ -74,6 +83,16 @@ pub fn parse_query(route: ApiRoute, params: &str) -> Result<ApiQuery, ProxyError
             }
             "limit" => limit = Some(value.parse::<usize>().map_err(|_| bad("limit must be a positive integer"))?),
             "cursor" => cursor = Some(from_hex(&value).filter(|c| c.len() > 8).ok_or_else(|| bad("invalid cursor"))?),
+            "agent" => agent = Some(value),
+            "session" => session = Some(value),
+            "min_severity" => {
+                min_severity = match value.as_str() {
+                    "low" => Severity::Low,
+                    "medium" => Severity::Medium,
+                    "high" => Severity::High,
+                    _ => return Err(bad("min_severity must be low, medium or high")),
+                }
+            }
             _ => unreachable!("only allowed names reach here"),
         }
     }
@@ -90,6 +109,9 @@ pub fn parse_query(route: ApiRoute, params: &str) -> Result<ApiQuery, ProxyError
         }
         ApiRoute::Session { session_id } => {
             ApiQuery::Session { session_id, limit: limit_within(DEFAULT_CALLS, MAX_CALLS)?, cursor }
+        }
+        ApiRoute::Findings => {
+            ApiQuery::Findings { agent, session, min_severity, limit: limit_within(DEFAULT_FINDINGS, MAX_FINDINGS)? }
         }
     })
 }
@@ -151,6 +173,17 @@ mod tests {
                 Ok(ApiQuery::Session { session_id: "abc".into(), limit: DEFAULT_CALLS, cursor: None }),
             ),
             ("/api/calls/abc", Ok(ApiQuery::Call { call_id: "abc".into() })),
+            (
+                "/api/findings?agent=support%20bot&min_severity=high&limit=7",
+                Ok(ApiQuery::Findings {
+                    agent: Some("support bot".into()),
+                    session: None,
+                    min_severity: Severity::High,
+                    limit: 7,
+                }),
+            ),
+            ("/api/findings?min_severity=critical", Err(400)),
+            ("/api/findings?limit=1001", Err(400)),
             ("/api/agents/bot/sessions?env=prod", Err(400)),
             ("/api/agents/bot/sessions?limit=0", Err(400)),
             ("/api/agents/bot/sessions?limit=-1", Err(400)),

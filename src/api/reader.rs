@@ -130,6 +130,17 @@ fn run(store: &crate::capture::store::Store, request: &ApiRequest) -> Answer {
             let page = store.session_calls(user, session_id, *limit, cursor.as_deref()).map_err(failed)?;
             json::session(&summary, &page.items, page.next.as_deref())
         }
+        ApiQuery::Findings { agent, session, min_severity, limit } => {
+            let q = crate::capture::findings::FindingQuery {
+                user,
+                agent: agent.as_deref(),
+                session: session.as_deref(),
+                min_severity: *min_severity,
+                limit: *limit,
+            };
+            let rows = crate::capture::findings::list(store, &q).map_err(failed)?;
+            serde_json::json!({ "findings": rows })
+        }
         ApiQuery::Call { call_id } => json::call(
             &store
                 .call(user, call_id)
