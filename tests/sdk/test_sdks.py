@@ -46,6 +46,7 @@ from conftest import (
     call_record,
     calls,
     files_containing,
+    run_cli,
 )
 from mock_upstream import (
     SLOW_EVENT_DELAY,
@@ -1287,6 +1288,34 @@ def test_anthropic_injection_in_tool_result_is_a_finding(proxied: Target):
     found = [f for f in rec["findings"] if f["kind"] == "instruction_override"]
     assert found and found[0]["location"] == "tool_result" and found[0]["index"] == 2, rec["findings"]
     assert found[0]["severity"] == "high"
+
+
+def test_openai_blocking_key_refuses_a_pasted_secret(proxied: Target):
+    """A key created with --block-findings: the SDK gets a 403 it understands, nothing goes upstream."""
+    res = run_cli(["keys", "create", "--user", "blocked-user", "--block-findings", "--data-dir", str(proxied.proxy.data_dir)])
+    assert res.returncode == 0, res.stderr
+    blocking = res.stdout.decode().strip()
+    time.sleep(1.0)  # the server re-reads its keys within a second
+    client = openai.OpenAI(
+        base_url=proxied.root("openai") + "/v1",
+        api_key=OPENAI_KEY,
+        default_headers={"X-Kurral-API-Key": blocking, "x-kurral-agent": AGENT},
+        max_retries=0,
+        timeout=SDK_TIMEOUT_S,
+    )
+    mark = proxied.mock.mark()
+    with pytest.raises(openai.PermissionDeniedError) as err:
+        client.chat.completions.create(
+            model=OPENAI_MODEL, messages=[{"role": "user", "content": f"use {PASTED_SECRET}"}]
+        )
+    assert err.value.status_code == 403
+    assert err.value.response.headers.get("x-kurral-findings") == "openai_api_key"
+    body = err.value.response.json()
+    assert body["error"]["type"] == "security_policy_error" and "openai_api_key" in body["error"]["message"]
+    assert PASTED_SECRET not in json.dumps(body)
+    assert proxied.mock.since(mark) == [], "a blocked request reached the upstream"
+    ok = client.chat.completions.create(model=OPENAI_MODEL, messages=MESSAGES)
+    assert ok.choices[0].message.content == TEXT
 
 
 # ==========================================================================================
