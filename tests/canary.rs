@@ -10,7 +10,6 @@ mod common;
 
 use std::io::{BufRead, BufReader, Read};
 use std::net::SocketAddr;
-use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -52,17 +51,6 @@ fn forms(secret: &str) -> Vec<String> {
 
 /// One call: path and query, extra fields, body.
 type Canary<'a> = (String, Vec<(&'a str, &'a str)>, &'a str);
-
-fn files_under(dir: &Path, out: &mut Vec<(String, Vec<u8>)>) {
-    for entry in std::fs::read_dir(dir).unwrap().flatten() {
-        let path = entry.path();
-        if path.is_dir() {
-            files_under(&path, out);
-        } else if let Ok(bytes) = std::fs::read(&path) {
-            out.push((path.display().to_string(), bytes));
-        }
-    }
-}
 
 fn contains(hay: &[u8], needle: &str) -> bool {
     hay.windows(needle.len()).any(|w| w == needle.as_bytes())
@@ -182,7 +170,7 @@ fn no_provider_key_anywhere_and_kurral_keys_only_as_hashes() {
 
     let mut places =
         vec![("log".to_string(), std::fs::read(&log_path).unwrap()), ("records".to_string(), records.into_bytes())];
-    files_under(&data, &mut places);
+    places.extend(common::files_under(&data));
     let mut hits = Vec::new();
     for secret in [OPENAI, ANTHROPIC, GOOGLE, key.as_str(), wrong] {
         for form in forms(secret) {

@@ -105,17 +105,6 @@ fn kinds(rec: &CallRecord) -> Vec<(Kind, Place, Option<u32>)> {
     rec.findings.iter().map(|f| (f.kind, f.location, f.index)).collect()
 }
 
-fn files_under(dir: &std::path::Path, out: &mut Vec<(String, Vec<u8>)>) {
-    for entry in std::fs::read_dir(dir).unwrap().flatten() {
-        let path = entry.path();
-        if path.is_dir() {
-            files_under(&path, out);
-        } else if let Ok(bytes) = std::fs::read(&path) {
-            out.push((path.display().to_string(), bytes));
-        }
-    }
-}
-
 #[test]
 fn findings_per_provider_with_header_counts_and_no_secret_stored() {
     let raw = upstream();
@@ -243,8 +232,7 @@ fn findings_per_provider_with_header_counts_and_no_secret_stored() {
     assert!(table.contains("download_and_execute") && table.contains("tool_call 0"), "{table}");
 
     // The secrets are nowhere: not in any record as stored, not in any file of the data dir.
-    let mut files = Vec::new();
-    files_under(&data_dir, &mut files);
+    let files = common::files_under(&data_dir);
     let stored: String = records.iter().map(|r| String::from_utf8_lossy(&r.encode()).into_owned()).collect();
     for secret in [OPENAI_SECRET, AWS_KEY_ID, STREAMED_SECRET] {
         assert!(!stored.contains(secret), "{secret} in a record");
