@@ -209,7 +209,7 @@ fn luhn(digits: &[u8]) -> bool {
             }
         })
         .sum();
-    sum % 10 == 0
+    sum.is_multiple_of(10)
 }
 
 /// A card network's number: its issuer prefix and length, and the Luhn check.
@@ -243,7 +243,7 @@ fn card(b: &[u8], at: usize) -> Option<Match> {
                 || matches!(prefix(2), 30 | 36 | 38)
         }
     };
-    (grouped_ok && issuer && luhn(&d)).then(|| Match { kind: Kind::PaymentCard, range: at..end })
+    (grouped_ok && issuer && luhn(&d)).then_some(Match { kind: Kind::PaymentCard, range: at..end })
 }
 
 /// `AAA-GG-SSSS`, with an area the SSA issues (not 000, 666 or 9xx), a group other than 00 and
@@ -333,7 +333,7 @@ fn iban(b: &[u8], at: usize) -> Option<Match> {
         let v = if c.is_ascii_digit() { u32::from(c - b'0') } else { u32::from(c - b'A') + 10 };
         rem = if v >= 10 { (rem * 100 + v) % 97 } else { (rem * 10 + v) % 97 };
     }
-    (rem == 1).then(|| Match { kind: Kind::Iban, range: start..i })
+    (rem == 1).then_some(Match { kind: Kind::Iban, range: start..i })
 }
 
 /// A phone number as people write one: `+` and a country code with grouped digits, or a North
@@ -396,7 +396,7 @@ fn phone(b: &[u8], at: usize) -> Option<Match> {
         _ => false,
     };
     let international = plus && (8..=15).contains(&total) && (lens.len() >= 2 || total >= 10) && !dots;
-    (north_american || international).then(|| Match { kind: Kind::PhoneNumber, range: start..i })
+    (north_american || international).then_some(Match { kind: Kind::PhoneNumber, range: start..i })
 }
 
 #[cfg(test)]

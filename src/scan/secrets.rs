@@ -133,16 +133,16 @@ fn openai(b: &[u8], at: usize) -> Option<Match> {
         let kind_end = take_while(body, 4, |c| c.is_ascii_alphanumeric());
         let secret = body.get(kind_end + 1..)?;
         return (body.get(kind_end) == Some(&b'-') && secret.len() >= 32 && random_looking(secret))
-            .then(|| Match { kind: Kind::AnthropicApiKey, range: at..end });
+            .then_some(Match { kind: Kind::AnthropicApiKey, range: at..end });
     }
-    (body.len() >= 32 && random_looking(body)).then(|| Match { kind: Kind::OpenaiApiKey, range: at..end })
+    (body.len() >= 32 && random_looking(body)).then_some(Match { kind: Kind::OpenaiApiKey, range: at..end })
 }
 
 /// A prefix of `prefix` bytes then exactly `len` key characters.
 fn fixed(b: &[u8], at: usize, prefix: usize, len: usize, kind: Kind, ok: fn(u8) -> bool) -> Option<Match> {
     let end = take_while(b, at + prefix, ok);
     (starts_word(b, at) && end - at - prefix == len && random_looking(&b[at + prefix..end]))
-        .then(|| Match { kind, range: at..end })
+        .then_some(Match { kind, range: at..end })
 }
 
 /// A prefix of `prefix` bytes then at least `min` token characters.
@@ -151,7 +151,7 @@ fn token(b: &[u8], at: usize, prefix: usize, min: usize, kind: Kind, ok: fn(u8) 
         return None;
     }
     let end = take_while(b, at + prefix, ok);
-    (end - at - prefix >= min && random_looking(&b[at + prefix..end])).then(|| Match { kind, range: at..end })
+    (end - at - prefix >= min && random_looking(&b[at + prefix..end])).then_some(Match { kind, range: at..end })
 }
 
 /// `AKIA`/`ASIA` and 16 upper-case letters or digits; AWS's documentation keys end in `EXAMPLE`.
@@ -163,7 +163,7 @@ fn aws_key_id(b: &[u8], at: usize) -> Option<Match> {
         && id.len() == 20
         && !id.ends_with(b"EXAMPLE")
         && id[4..].iter().any(u8::is_ascii_digit);
-    ok.then(|| Match { kind: Kind::AwsAccessKeyId, range: at..end })
+    ok.then_some(Match { kind: Kind::AwsAccessKeyId, range: at..end })
 }
 
 /// A secret access key: 40 base64 characters after a name such as `aws_secret_access_key =`,
@@ -180,7 +180,7 @@ fn aws_secret(b: &[u8], name_end: usize) -> Option<Match> {
     let base64 = |c: u8| c.is_ascii_alphanumeric() || c == b'/' || c == b'+';
     let end = take_while(b, start, base64);
     let secret = &b[start..end];
-    (secret.len() == 40 && random_looking(secret)).then(|| Match { kind: Kind::AwsSecretAccessKey, range: start..end })
+    (secret.len() == 40 && random_looking(secret)).then_some(Match { kind: Kind::AwsSecretAccessKey, range: start..end })
 }
 
 /// `xox[baprs]-` then digit groups and a random tail, dash separated.
@@ -192,7 +192,7 @@ fn slack(b: &[u8], at: usize) -> Option<Match> {
     let body = &b[at + 5..end];
     let digits = body.iter().filter(|c| c.is_ascii_digit()).count();
     (body.len() >= 20 && digits >= 8 && body.contains(&b'-') && !body.to_ascii_lowercase().windows(4).any(|w| w == b"xxxx"))
-        .then(|| Match { kind: Kind::SlackToken, range: at..end })
+        .then_some(Match { kind: Kind::SlackToken, range: at..end })
 }
 
 /// `https://hooks.slack.com/services/T.../B.../secret`.
@@ -208,7 +208,7 @@ fn slack_webhook(b: &[u8], at: usize) -> Option<Match> {
         && parts[1].len() >= 8
         && parts[2].len() >= 20
         && random_looking(parts[2]);
-    ok.then(|| Match { kind: Kind::SlackWebhook, range: start..end })
+    ok.then_some(Match { kind: Kind::SlackWebhook, range: start..end })
 }
 
 /// A PEM private key block, to its END line or, cut, to the end of the text. A block announced
@@ -248,7 +248,7 @@ fn jwt(b: &[u8], at: usize) -> Option<Match> {
         return None;
     }
     let end = take_while(b, payload_end + 1, b64);
-    (end - payload_end > 16).then(|| Match { kind: Kind::Jwt, range: at..end })
+    (end - payload_end > 16).then_some(Match { kind: Kind::Jwt, range: at..end })
 }
 
 /// `scheme://user:password@host`: the password, unless it is a placeholder.

@@ -295,8 +295,9 @@ async fn proxy_call(
     // contacted, and a refused request never reaches it.
     let received = if plan.block {
         send_continue(w, client, plan, call).await?;
-        let received = receive_body(w, client, plan, call, deadline).await.map_err(ForwardError::into_failure)?;
-        inspect_body(w, plan, call, received.body.clone());
+        let mut received = receive_body(w, client, plan, call, deadline).await.map_err(ForwardError::into_failure)?;
+        // The body is whole: only inspection needs the decoded copy from here on.
+        inspect_body(w, plan, call, std::mem::take(&mut received.body));
         if let Some(f) = call.request_scan.blocking() {
             let kinds = call.request_scan.header_value().unwrap_or_default();
             return Err(CallFailure::Respond(ProxyError::blocked(f, kinds)));
@@ -477,6 +478,7 @@ fn inspect_body(w: &Worker, plan: &CallPlan, call: &mut CallState, mut body: Vec
 /// received (chunked framing included); an OpenAI chat body is read whole first (see the module
 /// doc). The body is copied aside for inspection; what it says (model, stream, tools, content)
 /// is read from that copy once the body has gone upstream.
+#[allow(clippy::too_many_arguments)]
 async fn forward_request(
     w: &Worker,
     client: &mut ClientConn,
@@ -663,7 +665,6 @@ async fn relay_response_body(
         findings: request_findings.as_deref(),
     };
     let mut out = downstream_response_head(&buf, &resp, &add);
-    drop(add);
     buf.drain(..resp.len);
     let mut decoder = BodyDecoder::new(resp.framing, u64::MAX);
     let mut relay = Relay { framing, filter, payload: Vec::new(), client_payload: Vec::new(), ended: false };
