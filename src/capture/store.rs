@@ -69,6 +69,13 @@ impl Store {
         opts.create_if_missing(true);
         opts.create_missing_column_families(true);
         opts.set_compression_type(DBCompressionType::Lz4);
+        // Flushes and compactions run at the lowest CPU priority, like the writer thread (which
+        // runs niced): on a machine whose cores the workers keep busy, a flush's burst of LZ4
+        // and SST writing then waits for the workers instead of delaying their relays.
+        let mut env = rocksdb::Env::new().map_err(|e| format!("capture store: {e}"))?;
+        env.lower_thread_pool_cpu_priority();
+        env.lower_high_priority_thread_pool_cpu_priority();
+        opts.set_env(&env);
         let existing = DB::list_cf(&Options::default(), &path).unwrap_or_default();
         let legacy = existing.iter().any(|n| n == CF_LEGACY_CALLS);
         let mut names: Vec<&str> = FAMILIES.to_vec();
