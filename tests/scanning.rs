@@ -281,6 +281,20 @@ fn a_key_that_blocks_refuses_the_request_and_sends_nothing_upstream() {
 }
 
 #[test]
+fn other_endpoints_are_scanned_too() {
+    let raw = upstream();
+    let mut proxy = start(&raw, |_| {});
+    let key = proxy.kurral("x")[0].1.to_string();
+    let embeddings = format!(r#"{{"model":"text-embedding-3-small","input":["fine text","key {OPENAI_SECRET}"]}}"#);
+    let resp = call(&proxy, &key, "/api/proxy/openai/v1/embeddings", "chat-json", "metadata", &embeddings);
+    assert_eq!(resp.status, 200);
+    assert_eq!(resp.header("x-kurral-findings"), Some("openai_api_key"));
+    let rec = &proxy.stop_and_records()[0];
+    assert_eq!(rec.endpoint, "other");
+    assert_eq!(kinds(rec), [(Kind::OpenaiApiKey, Place::RequestMessage, Some(1))]);
+}
+
+#[test]
 fn scanning_off_records_no_findings() {
     let raw = upstream();
     let mut proxy = start(&raw, |c| c.capture.scan = false);

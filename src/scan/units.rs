@@ -1,8 +1,8 @@
 //! The texts of a call, each with where it was.
 //!
 //! A request is walked generically: every string value under the conversation (`messages`,
-//! `input`, `contents`), the system prompt (`system`, `instructions`, `systemInstruction`) and
-//! the tool definitions (`tools`) is one unit, whatever the content part's type, so text in a
+//! `input`, `contents`, and `prompt` of the legacy completions API), the system prompt
+//! (`system`, `instructions`, `systemInstruction`) and the tool definitions (`tools`) is one unit, whatever the content part's type, so text in a
 //! part the proxy does not know is still scanned. A message's tool results (OpenAI `tool`
 //! messages, Responses `function_call_output` items, Anthropic `tool_result` blocks, Gemini
 //! `functionResponse` parts) are `tool_result` units; the rest of a message is
@@ -58,7 +58,7 @@ pub struct Unit {
 pub fn request_units(value: &BorrowedValue<'_>, shape: Shape) -> Vec<Unit> {
     let mut units = Vec::new();
     let Some(object) = value.as_object() else { return units };
-    let conversation = ["messages", "input", "contents"].iter().find_map(|k| object.get(*k));
+    let conversation = ["messages", "input", "contents", "prompt"].iter().find_map(|k| object.get(*k));
     let items: &[BorrowedValue<'_>] = match conversation {
         Some(v) => v.as_array().map_or(&[], |a| a.as_slice()),
         None => &[],
@@ -73,7 +73,8 @@ pub fn request_units(value: &BorrowedValue<'_>, shape: Shape) -> Vec<Unit> {
     for (i, tool) in object.get("tools").and_then(|t| t.as_array()).into_iter().flatten().enumerate() {
         strings(tool, &mut |s| push(&mut units, Place::ToolDefinition, Some(i as u32), s, first_call));
     }
-    // The Responses API's `input` may be one string.
+    // The Responses API's `input` (and the embeddings and completions APIs' `input` and
+    // `prompt`) may be one string.
     if let Some(s) = conversation.and_then(|c| c.as_str()) {
         push(&mut units, Place::RequestMessage, Some(0), s, true);
     }

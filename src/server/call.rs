@@ -168,7 +168,9 @@ pub(super) fn plan_call(
     target.extend_from_slice(url.base_path.as_bytes());
     target.extend_from_slice(upstream_target);
     let shape = Shape::of(provider, endpoint);
-    let scan = w.shared.scanner.is_some() && shape != Shape::Opaque;
+    // Every call is scanned, `endpoint: "other"` ones too (embeddings, completions): their JSON
+    // bodies are read generically.
+    let scan = w.shared.scanner.is_some();
     let block = scan && (config.capture.block_findings || identity.key_limits.block_findings);
     Ok(CallPlan {
         provider,
