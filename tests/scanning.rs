@@ -272,11 +272,20 @@ fn a_key_that_blocks_refuses_the_request_and_sends_nothing_upstream() {
     let resp = call(&proxy, &blocking, CHAT, "chat-json", "metadata", injected);
     assert_eq!(resp.status, 403);
     assert!(resp.error_message().contains("role_play_marker"));
+    // A secret the client put in the conversation's history is sent upstream just the same.
+    let history = format!(
+        r#"{{"model":"gpt-4o-mini","messages":[{{"role":"user","content":"hi"}},
+        {{"role":"assistant","content":"the key is {OPENAI_SECRET}"}},{{"role":"user","content":"thanks"}}]}}"#
+    );
+    let resp = call(&proxy, &blocking, CHAT, "chat-json", "metadata", &history);
+    assert_eq!(resp.status, 403);
+    let message = resp.error_message();
+    assert!(message.contains("openai_api_key") && message.contains("in request_message 1"), "{message}");
     assert_eq!(raw.requests().len(), 2, "only the two allowed calls went upstream");
 
     let records = proxy.stop_and_records();
     let blocked: Vec<&CallRecord> = records.iter().filter(|r| r.status == 403).collect();
-    assert_eq!(blocked.len(), 2);
+    assert_eq!(blocked.len(), 3);
     assert!(blocked.iter().all(|r| r.outcome == kurral_proxy::capture::Outcome::Rejected && !r.findings.is_empty()));
 }
 

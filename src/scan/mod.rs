@@ -228,23 +228,27 @@ impl Scanner {
             }
             scan.scanned += unit.text.len();
             self.matches(&unit.text, unit.place, &mut found);
-            for m in &found {
-                if m.kind.category() == Category::Secret {
-                    scan.redactor.add(m.kind, &unit.text[m.range.clone()]);
+            let finding = |m: &Match| Finding {
+                kind: m.kind,
+                category: m.kind.category(),
+                severity: m.kind.severity_at(unit.place),
+                location: unit.place,
+                index: unit.index,
+                excerpt: excerpt::excerpt(&unit.text, m, &found),
+            };
+            for m in found.iter().filter(|m| m.kind.category() == Category::Secret) {
+                scan.redactor.add(m.kind, &unit.text[m.range.clone()]);
+                // An earlier turn's secret is sent upstream again: not reported again, but kept
+                // aside, since it still blocks (history can be written by the client).
+                if !unit.new && scan.held.is_none() {
+                    scan.held = Some(finding(m));
                 }
             }
             if !unit.new {
                 continue;
             }
             for m in &found {
-                scan.push(Finding {
-                    kind: m.kind,
-                    category: m.kind.category(),
-                    severity: m.kind.severity_at(unit.place),
-                    location: unit.place,
-                    index: unit.index,
-                    excerpt: excerpt::excerpt(&unit.text, m, &found),
-                });
+                scan.push(finding(m));
             }
         }
     }
@@ -280,6 +284,9 @@ pub struct CallScan {
     pub scanned: usize,
     /// Some text was left unscanned (`SCAN_BUDGET`).
     pub incomplete: bool,
+    /// The first secret in an earlier turn of the conversation: not a finding of this call,
+    /// unless it blocks it.
+    held: Option<Finding>,
 }
 
 impl CallScan {
@@ -304,15 +311,22 @@ impl CallScan {
         self.redactor.extend(&other.redactor);
     }
 
-    /// The first finding that blocks a request when the key enforces: a secret anywhere in what
-    /// would be sent, or a high-severity injection marker in this request's new content.
-    pub fn blocking(&self) -> Option<&Finding> {
+    /// The finding that blocks a request when the key enforces: a secret anywhere in what would
+    /// be sent (earlier turns included: a client writes its own history), or a high-severity
+    /// injection marker in what this request adds. A blocking secret from an earlier turn
+    /// becomes one of the call's findings, so the refused call's record says why.
+    pub fn blocking(&mut self) -> Option<Finding> {
         let blocks = |f: &&Finding| match f.category {
             Category::Secret => true,
             Category::Injection => f.severity == Severity::High,
             _ => false,
         };
-        self.findings.iter().find(blocks)
+        if let Some(f) = self.findings.iter().find(blocks) {
+            return Some(f.clone());
+        }
+        let held = self.held.take()?;
+        self.push(held.clone());
+        Some(held)
     }
 
     /// The `x-kurral-findings` header's value: the kinds found, each once, in order found.
@@ -370,6 +384,10 @@ mod tests {
         Scanner::new().scan(&units, &mut scan);
         assert!(scan.findings.is_empty());
         assert_eq!(scan.redactor.text(&format!("x {key} y")), "x [REDACTED:openai_api_key] y");
+        // It still blocks, and then is the refused call's finding.
+        let blocked = scan.blocking().expect("an earlier turn's secret blocks");
+        assert_eq!((blocked.kind, blocked.index), (Kind::OpenaiApiKey, Some(0)));
+        assert_eq!(scan.findings, [blocked]);
     }
 
     #[test]

@@ -302,7 +302,7 @@ async fn proxy_call(
         inspect_body(w, plan, call, std::mem::take(&mut received.body));
         if let Some(f) = call.request_scan.blocking() {
             let kinds = call.request_scan.header_value().unwrap_or_default();
-            return Err(CallFailure::Respond(ProxyError::blocked(f, kinds)));
+            return Err(CallFailure::Respond(ProxyError::blocked(&f, kinds)));
         }
         Some(received)
     } else {
