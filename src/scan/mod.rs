@@ -66,8 +66,6 @@ pub enum Category {
 }
 
 impl Category {
-    pub const ALL: [Category; 4] = [Category::Secret, Category::Pii, Category::Injection, Category::Tool];
-
     pub fn name(self) -> &'static str {
         match self {
             Category::Secret => "secret",
@@ -96,7 +94,7 @@ macro_rules! kinds {
                 match self { $(Kind::$kind => Category::$category,)* }
             }
 
-            /// Severity wherever it is found; `Finding::severity` raises some by place.
+            /// Severity wherever it is found; `severity_at` raises or lowers injection by place.
             fn base_severity(self) -> Severity {
                 match self { $(Kind::$kind => Severity::$severity,)* }
             }
@@ -338,11 +336,6 @@ impl CallScan {
             }
         }
         (!kinds.is_empty()).then(|| kinds.join(", "))
-    }
-
-    /// The highest severity found.
-    pub fn max_severity(&self) -> Option<Severity> {
-        self.findings.iter().map(|f| f.severity).max()
     }
 }
 

@@ -7,7 +7,7 @@
 //! breaks are `\n` there).
 //!
 //! A streamed answer can split a secret across events; no single piece of the stored body then
-//! matches it. `body_redacted` says whether every secret the body should hold was found in it,
+//! matches it. `Redactor::body` says whether every secret the body should hold was found in it,
 //! so the caller can withhold a body it could not clean.
 
 use std::borrow::Cow;

@@ -138,8 +138,6 @@ pub(super) struct CallPlan {
     /// Read the request body whole before forwarding (the include_usage rewrite may apply, or
     /// the request is scanned before it may go upstream).
     buffer_body: bool,
-    /// Scan the call for security findings.
-    scan: bool,
     /// Refuse the request when its scan finds a secret or a high-severity injection marker.
     block: bool,
     path_model: Option<String>,
@@ -178,7 +176,6 @@ pub(super) fn plan_call(
         shape,
         caps: content::caps(identity.retention, config.capture.max_content_bytes, scan),
         buffer_body: block || (shape == Shape::Chat && config.capture.openai_stream_usage),
-        scan,
         block,
         path_model: path_model.map(|m| String::from_utf8_lossy(m).into_owned()),
         identity,
@@ -470,8 +467,15 @@ fn inspect_body(w: &Worker, plan: &CallPlan, call: &mut CallState, mut body: Vec
         call.model = info.model.clone();
     }
     call.stream |= info.stream;
-    if let Some(scanner) = w.shared.scanner.as_ref().filter(|_| plan.scan) {
-        scanner.scan(&std::mem::take(&mut info.units), &mut call.request_scan);
+    if let Some(scanner) = &w.shared.scanner {
+        let mut units = std::mem::take(&mut info.units);
+        // Earlier turns are scanned for what they could leave in the record (their secrets are
+        // replaced in kept content) and for blocking; under retention `none` without blocking
+        // neither applies, and a long conversation is not rescanned on every call.
+        if plan.identity.retention == Retention::None && !plan.block {
+            units.retain(|u| u.new);
+        }
+        scanner.scan(&units, &mut call.request_scan);
     }
     call.request_info = info;
 }
@@ -846,16 +850,15 @@ async fn finish_capture(w: &Worker, plan: &CallPlan, mut call: CallState) {
     // The answer and tool calls are scanned here, after the last byte was relayed.
     let mut scan = std::mem::take(&mut call.request_scan);
     let mut response_scan = CallScan::default();
-    if let Some(scanner) = w.shared.scanner.as_ref().filter(|_| plan.scan) {
+    if let Some(scanner) = &w.shared.scanner {
         scanner.scan(&response_units(&facts), &mut response_scan);
     }
-    let in_request: Vec<String> = scan.redactor.secrets().map(str::to_owned).collect();
-    let in_response: Vec<String> = response_scan.redactor.secrets().map(str::to_owned).collect();
-    scan.merge(response_scan);
+    let mut all = scan.redactor.clone();
+    all.extend(&response_scan.redactor);
     let secrets = content::Secrets {
-        all: &scan.redactor,
-        in_request: in_request.iter().map(String::as_str).collect(),
-        in_response: in_response.iter().map(String::as_str).collect(),
+        all: &all,
+        in_request: scan.redactor.secrets().collect(),
+        in_response: response_scan.redactor.secrets().collect(),
     };
     let content = content::build(
         id.retention,
@@ -865,6 +868,7 @@ async fn finish_capture(w: &Worker, plan: &CallPlan, mut call: CallState) {
         call.response_copy.as_ref(),
         &secrets,
     );
+    scan.merge(response_scan);
     let overhead =
         call.upstream_write_at.map(|t| ms(t.saturating_sub(call.connect_time) + call.head_relay.unwrap_or_default()));
     let record = CallRecord {
