@@ -1,6 +1,7 @@
-//! The capture path after a call: encoding a record, and writing batches of them to RocksDB with
-//! their session and agent aggregates, as the writer thread does. Reported in records per second:
-//! `store_write` by wall time (what one writer sustains, RocksDB's background flushes and
+//! The capture path after a call: encoding a record, which the worker that made it does
+//! (`record/to_writer`: encode, then free the record's JSON trees), and writing batches of encoded
+//! records to RocksDB with their session and agent aggregates, as the writer thread does.
+//! Reported in records per second: `store_write` by wall time (what one writer sustains, RocksDB's background flushes and
 //! compactions included, so it swings with them), `writer_cpu` by the writer thread's own CPU time
 //! (steadier: what a change to the writer's code costs or saves).
 //!
@@ -11,7 +12,7 @@ use std::time::Duration;
 
 use criterion::{black_box, criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 use kurral_proxy::capture::store::{Store, StoreWriter};
-use kurral_proxy::capture::{CallRecord, Durability, RecordSink};
+use kurral_proxy::capture::{CallRecord, Durability, Encoded, RecordSink};
 
 /// Records per batch, as the writer takes them under load (its batch limit).
 const BATCH: usize = 512;
@@ -50,6 +51,9 @@ fn encode(c: &mut Criterion) {
     g.bench_function("encode", |b| b.iter(|| black_box(&r).encode()));
     let bytes = r.encode();
     g.bench_function("decode", |b| b.iter(|| CallRecord::decode(black_box(&bytes)).unwrap()));
+    g.bench_function("to_writer", |b| {
+        b.iter_batched(|| record(0, 1), |r| drop(black_box(Encoded::new(r))), BatchSize::SmallInput)
+    });
     g.finish();
 }
 
@@ -69,7 +73,7 @@ fn write(c: &mut Criterion) {
         g.bench_function(name, |b| {
             b.iter_batched(
                 || {
-                    let batch: Vec<CallRecord> = (n..n + BATCH).map(|i| record(i, sessions)).collect();
+                    let batch: Vec<Encoded> = (n..n + BATCH).map(|i| Encoded::new(record(i, sessions))).collect();
                     n += BATCH;
                     batch
                 },
@@ -102,11 +106,11 @@ fn writer_cpu(c: &mut Criterion) {
             b.iter_custom(|iters| {
                 let mut cpu = Duration::ZERO;
                 for _ in 0..iters {
-                    let batch: Vec<CallRecord> = (n..n + BATCH).map(|i| record(i, sessions)).collect();
+                    let batch: Vec<Encoded> = (n..n + BATCH).map(|i| Encoded::new(record(i, sessions))).collect();
                     n += BATCH;
                     let start = thread_cpu();
                     writer.write_batch(&batch).unwrap();
-                    // The writer drops the records it wrote: that is its work too.
+                    // The writer drops the batch it wrote: that is its work too.
                     drop(batch);
                     cpu += thread_cpu() - start;
                 }

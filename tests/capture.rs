@@ -515,7 +515,7 @@ fn a_slow_store_makes_calls_wait_but_never_loses_a_record_or_blocks_a_worker() {
 
     struct SlowSink(Arc<Mutex<Vec<String>>>);
     impl kurral_proxy::capture::RecordSink for SlowSink {
-        fn write_batch(&mut self, records: &[CallRecord]) -> std::io::Result<()> {
+        fn write_batch(&mut self, records: &[kurral_proxy::capture::Encoded]) -> std::io::Result<()> {
             std::thread::sleep(std::time::Duration::from_millis(50));
             self.0.lock().unwrap().extend(records.iter().map(|r| r.id.clone()));
             Ok(())

@@ -4,9 +4,14 @@
 use std::sync::Arc;
 
 use kurral_proxy::capture::store::{Store, StoreWriter};
-use kurral_proxy::capture::{CallRecord, Durability, Env, RecordSink};
+use kurral_proxy::capture::{CallRecord, Durability, Encoded, Env, RecordSink};
 use kurral_proxy::pricing::{Cost, Usd};
 use kurral_proxy::usage::Usage;
+
+/// Writes `records` as one batch, encoded as a worker would send them.
+fn put(w: &mut StoreWriter, records: &[CallRecord]) {
+    w.write_batch(&records.iter().cloned().map(Encoded::new).collect::<Vec<_>>()).unwrap();
+}
 
 /// A record with only what these tests look at; the rest takes its defaults.
 fn call(user: &str, agent: &str, session: &str, env: &str, started_at: &str) -> CallRecord {
@@ -75,7 +80,7 @@ fn sessions_newest_first_in_pages_with_env_filter() {
         .collect();
     records.reverse();
     records.swap(1, 4);
-    w.write_batch(&records).unwrap();
+    put(&mut w, &records);
 
     let mut seen = Vec::new();
     let mut cursor: Option<Vec<u8>> = None;
@@ -120,9 +125,9 @@ fn a_sessions_calls_oldest_first_and_its_totals() {
     unpriced.unpriced_model = true;
     let third = priced(call("alice", "bot", &s, "production", &at(50)), 1, 1, "0.1");
     // Completion order is not start order: a later call may be recorded first.
-    w.write_batch(&[second.clone(), failed.clone()]).unwrap();
-    w.write_batch(std::slice::from_ref(&first)).unwrap();
-    w.write_batch(&[unpriced.clone(), third.clone()]).unwrap();
+    put(&mut w, &[second.clone(), failed.clone()]);
+    put(&mut w, std::slice::from_ref(&first));
+    put(&mut w, &[unpriced.clone(), third.clone()]);
 
     let page = store.session_calls("alice", &s, 100, None).unwrap();
     let got: Vec<&str> = page.items.iter().map(|r| r.id.as_str()).collect();
@@ -157,11 +162,11 @@ fn a_sessions_calls_oldest_first_and_its_totals() {
 fn a_session_moves_in_its_agents_list_when_an_earlier_call_arrives_late() {
     let dir = tempfile::tempdir().unwrap();
     let (store, mut w) = open(dir.path());
-    w.write_batch(&[call("alice", "bot", &sid(1), "production", &at(30))]).unwrap();
-    w.write_batch(&[call("alice", "bot", &sid(2), "production", &at(20))]).unwrap();
+    put(&mut w, &[call("alice", "bot", &sid(1), "production", &at(30))]);
+    put(&mut w, &[call("alice", "bot", &sid(2), "production", &at(20))]);
     assert_eq!(ids(&store.sessions("alice", "bot", None, 10, None).unwrap().items), vec![sid(1), sid(2)]);
     // Session 1 had a call that started before session 2's, recorded only now.
-    w.write_batch(&[call("alice", "bot", &sid(1), "production", &at(10))]).unwrap();
+    put(&mut w, &[call("alice", "bot", &sid(1), "production", &at(10))]);
     let list = store.sessions("alice", "bot", None, 10, None).unwrap().items;
     assert_eq!(ids(&list), vec![sid(2), sid(1)], "listed once, at its new start");
     assert_eq!(
@@ -179,7 +184,7 @@ fn users_are_isolated_even_with_the_same_ids() {
     let b = priced(call("bob", "bot", &shared_session, "production", &at(2)), 20, 2, "0.25");
     // A user name that is a prefix of another must not reach into it.
     let c = call("al", "bot", &sid(8), "production", &at(3));
-    w.write_batch(&[a.clone(), b.clone(), c.clone()]).unwrap();
+    put(&mut w, &[a.clone(), b.clone(), c.clone()]);
 
     let alice = store.session("alice", &shared_session).unwrap().unwrap();
     let bob = store.session("bob", &shared_session).unwrap().unwrap();
@@ -205,15 +210,15 @@ fn aggregates_survive_a_reopen_and_keep_counting() {
     let first = priced(call("alice", "bot", &sid(1), "production", &at(1)), 10, 1, "0.001");
     {
         let (_store, mut w) = open(dir.path());
-        w.write_batch(std::slice::from_ref(&first)).unwrap();
+        put(&mut w, std::slice::from_ref(&first));
         // A reader in another process sees it while the writer holds the store.
         let ro = Store::open_read_only(dir.path()).unwrap();
         assert_eq!(ro.session("alice", &sid(1)).unwrap().unwrap().totals.calls, 1);
         assert_eq!(ro.agents("alice").unwrap()[0].sessions, 1);
     }
     let (store, mut w) = open(dir.path());
-    w.write_batch(&[priced(call("alice", "bot", &sid(1), "production", &at(2)), 5, 1, "0.002")]).unwrap();
-    w.write_batch(&[call("alice", "bot", &sid(2), "staging", &at(3))]).unwrap();
+    put(&mut w, &[priced(call("alice", "bot", &sid(1), "production", &at(2)), 5, 1, "0.002")]);
+    put(&mut w, &[call("alice", "bot", &sid(2), "staging", &at(3))]);
     let s = store.session("alice", &sid(1)).unwrap().unwrap();
     assert_eq!((s.totals.calls, s.totals.input_tokens, s.totals.cost.to_string()), (2, 15, "0.003".into()));
     let a = &store.agents("alice").unwrap()[0];

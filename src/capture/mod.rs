@@ -19,7 +19,7 @@ pub mod store;
 pub mod summary;
 pub mod writer;
 
-pub use record::{CallRecord, Env, Outcome, Retention};
+pub use record::{CallRecord, Encoded, Env, Outcome, Retention};
 pub use writer::{
     start_writer, CaptureSender, CaptureStats, Discard, Durability, Expiry, ExpiryScope, RecordSink, WriterHandle,
 };

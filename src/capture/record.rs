@@ -7,6 +7,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use super::layout::started_ms;
+use super::summary::Contribution;
 use crate::pricing::Cost;
 use crate::scan::Finding;
 use crate::usage::Usage;
@@ -158,6 +160,57 @@ impl CallRecord {
             Some((&RECORD_VERSION, json)) => serde_json::from_slice(json).map_err(|e| format!("bad record: {e}")),
             Some((v, _)) => Err(format!("unknown record version {v}")),
             None => Err("empty record".into()),
+        }
+    }
+}
+
+/// A record as the writer thread takes it: already encoded, with the few fields its keys and
+/// sums need beside the bytes.
+///
+/// The worker that finished the call encodes it (`CaptureSender::send`), so serializing a record
+/// and freeing its JSON trees spread over the workers instead of queueing on the one writer,
+/// which is left with what only it can do: the aggregates and the RocksDB batch.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Encoded {
+    pub id: String,
+    pub user: String,
+    pub session_id: String,
+    pub agent: String,
+    pub env: Env,
+    /// When the call started, in ms since the epoch (`layout::started_ms`).
+    pub started_ms: u64,
+    /// The proxy made the session id for this call, so no stored session can have it.
+    pub session_generated: bool,
+    /// What the call adds to its session's and agent's sums.
+    pub contribution: Contribution,
+    /// `CallRecord::encode`; empty when the sink keeps no records (`--no-capture`).
+    pub bytes: Vec<u8>,
+}
+
+impl Encoded {
+    pub fn new(record: CallRecord) -> Encoded {
+        let bytes = record.encode();
+        Encoded::with_bytes(record, bytes)
+    }
+
+    /// Everything but the encoding, for a sink that keeps no records.
+    pub fn unencoded(record: CallRecord) -> Encoded {
+        Encoded::with_bytes(record, Vec::new())
+    }
+
+    fn with_bytes(record: CallRecord, bytes: Vec<u8>) -> Encoded {
+        let started_ms = started_ms(&record);
+        let contribution = Contribution::of(&record);
+        Encoded {
+            id: record.id,
+            user: record.user,
+            session_id: record.session_id,
+            agent: record.agent,
+            env: record.env,
+            started_ms,
+            session_generated: record.session_generated,
+            contribution,
+            bytes,
         }
     }
 }

@@ -20,7 +20,7 @@ use rocksdb::{
 };
 
 use super::layout::*;
-use super::record::{CallRecord, Env};
+use super::record::{CallRecord, Encoded, Env};
 use super::summary::{self, AgentSummary, Contribution, SessionSummary};
 use super::writer::{Durability, Expiry, ExpiryScope, RecordSink};
 
@@ -130,6 +130,7 @@ impl Store {
             }
         }
         let count = records.len();
+        let records: Vec<Encoded> = records.into_iter().map(Encoded::new).collect();
         let mut state = WriteState::default();
         for chunk in records.chunks(MIGRATE_BATCH) {
             state.write(self, chunk, Durability::Sync)?;
@@ -434,7 +435,7 @@ impl StoreWriter {
 }
 
 impl RecordSink for StoreWriter {
-    fn write_batch(&mut self, records: &[CallRecord]) -> std::io::Result<()> {
+    fn write_batch(&mut self, records: &[Encoded]) -> std::io::Result<()> {
         let written = self.state.write(&self.store, records, self.durability);
         self.state.retrying = written.is_err();
         written.map_err(std::io::Error::other)
@@ -493,7 +494,7 @@ impl WriteState {
 
     /// Writes `records` and everything they change in one batch. The cache is updated only
     /// once the batch is written, so a failed write (retried by the writer) counts nothing twice.
-    fn write(&mut self, store: &Store, records: &[CallRecord], durability: Durability) -> Result<(), String> {
+    fn write(&mut self, store: &Store, records: &[Encoded], durability: Durability) -> Result<(), String> {
         let handle = |name| store.cf(name).expect("the store opened every family");
         let mut batch = WriteBatch::default();
         let mut sessions: HashMap<Vec<u8>, SessionSummary> = HashMap::new();
@@ -508,8 +509,7 @@ impl WriteState {
                 tracing::warn!(id = %r.id, "a call already recorded was sent again; kept once");
                 continue;
             }
-            let ms = started_ms(r);
-            let c = Contribution::of(r);
+            let (ms, c) = (r.started_ms, &r.contribution);
 
             let session_key = session_key(&r.user, &r.session_id);
             let previous = match sessions.remove(&session_key) {
@@ -519,7 +519,7 @@ impl WriteState {
                 None => self.session(store, &session_key)?,
             };
             let new_session = previous.is_none();
-            let mut session = previous.unwrap_or_else(|| SessionSummary::new(r, ms));
+            let mut session = previous.unwrap_or_else(|| SessionSummary::new(&r.session_id, &r.agent, r.env, ms));
             if new_session || ms < session.started_ms {
                 // The session's place in its agent's lists is its start: (re)index it.
                 for tag in [ANY_ENV, env_tag(session.env)] {
@@ -532,7 +532,7 @@ impl WriteState {
                     batch.put_cf(handle(CF_AGENT_SESSIONS), [prefix.as_slice(), &position].concat(), []);
                 }
             }
-            session.add(ms, &c);
+            session.add(ms, c);
             sessions.insert(session_key, session);
 
             let agent_key = agent_key(&r.user, &r.agent);
@@ -541,10 +541,10 @@ impl WriteState {
                 None => self.agent(store, &agent_key)?,
             };
             let mut agent = agent.unwrap_or_else(|| AgentSummary::new(&r.agent, ms));
-            agent.add(ms, new_session, &c);
+            agent.add(ms, new_session, c);
             agents.insert(agent_key, agent);
 
-            batch.put_cf(handle(CF_CALL), &call_key, r.encode());
+            batch.put_cf(handle(CF_CALL), &call_key, &r.bytes);
             let index = [session_calls_prefix(&r.user, &r.session_id), session_calls_position(ms, &r.id)].concat();
             batch.put_cf(handle(CF_SESSION_CALLS), index, []);
             batch.put_cf(handle(CF_BY_TIME), by_time_key(ms, &r.user, &r.id), []);
@@ -576,6 +576,10 @@ mod tests {
     use super::*;
     use crate::capture::record::sample;
 
+    fn put(w: &mut StoreWriter, records: &[CallRecord]) {
+        w.write_batch(&records.iter().cloned().map(Encoded::new).collect::<Vec<_>>()).unwrap();
+    }
+
     fn record(user: &str, session: &str, started_at: &str) -> CallRecord {
         let mut r = sample(&uuid::Uuid::now_v7().to_string());
         r.user = user.into();
@@ -593,8 +597,8 @@ mod tests {
             let mut w = StoreWriter::new(store.clone(), Durability::Async);
             let mut reversed = records.clone();
             reversed.reverse();
-            w.write_batch(&reversed[..2]).unwrap();
-            w.write_batch(&reversed[2..]).unwrap();
+            put(&mut w, &reversed[..2]);
+            put(&mut w, &reversed[2..]);
             let ro = Store::open_read_only(dir.path()).unwrap();
             assert_eq!(ro.calls().unwrap().len(), 5, "a reader sees what the writer wrote while it runs");
         }
@@ -612,14 +616,14 @@ mod tests {
         let store = Arc::new(Store::open(dir.path()).unwrap());
         let mut w = StoreWriter::new(store.clone(), Durability::Sync);
         let r = record("u", "s", "2026-11-26T00:00:00.000Z");
-        w.write_batch(&[r.clone(), r.clone()]).unwrap();
+        put(&mut w, &[r.clone(), r.clone()]);
         // The writer resends a batch whose write failed, after RocksDB may have applied it.
         w.state.retrying = true;
-        w.write_batch(std::slice::from_ref(&r)).unwrap();
+        put(&mut w, std::slice::from_ref(&r));
         // A fresh writer (empty cache) resending still sees it in the store.
         let mut fresh = StoreWriter::new(store.clone(), Durability::Sync);
         fresh.state.retrying = true;
-        fresh.write_batch(&[r]).unwrap();
+        put(&mut fresh, &[r]);
         assert_eq!(store.calls().unwrap().len(), 1);
         assert_eq!(store.session("u", "s").unwrap().unwrap().totals.calls, 1);
         assert_eq!(store.agents("u").unwrap()[0].totals.calls, 1);
@@ -653,7 +657,7 @@ mod tests {
         old.request = Some(serde_json::json!({"messages": []}));
         let mut new = record("u", "s", "2026-11-26T00:00:00.000Z");
         new.request = Some(serde_json::json!({"messages": []}));
-        w.write_batch(&[old.clone(), new.clone()]).unwrap();
+        put(&mut w, &[old.clone(), new.clone()]);
         let now = started_ms(&new) + 1000;
         let day = Duration::from_secs(86_400);
 
@@ -663,7 +667,7 @@ mod tests {
         assert!(store.call("u", &new.id).unwrap().unwrap().request.is_some(), "recent content kept");
         assert_eq!(w.expire_step(content, now).unwrap(), 0, "nothing left to do");
 
-        w.write_batch(&[record("u", "s2", "2026-01-02T00:00:00.000Z")]).unwrap();
+        put(&mut w, &[record("u", "s2", "2026-01-02T00:00:00.000Z")]);
         let records = Expiry { after: day, scope: ExpiryScope::Records };
         assert_eq!(w.expire_step(records, now).unwrap(), 1);
         assert_eq!(store.calls().unwrap().len(), 2);

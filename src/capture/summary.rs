@@ -142,11 +142,11 @@ pub struct SessionSummary {
 }
 
 impl SessionSummary {
-    pub fn new(r: &CallRecord, ms: u64) -> SessionSummary {
+    pub fn new(session_id: &str, agent: &str, env: Env, ms: u64) -> SessionSummary {
         SessionSummary {
-            session_id: r.session_id.clone(),
-            agent: r.agent.clone(),
-            env: r.env,
+            session_id: session_id.to_string(),
+            agent: agent.to_string(),
+            env,
             started_ms: ms,
             last_ms: ms,
             totals: Totals::default(),
@@ -236,7 +236,7 @@ mod tests {
             total: "0.1".parse().unwrap(),
             breakdown: Default::default(),
         });
-        let mut s = SessionSummary::new(&r, 2000);
+        let mut s = SessionSummary::new("s", "agent", Env::Production, 2000);
         for _ in 0..3 {
             s.add(2000, &Contribution::of(&r));
         }

@@ -2,7 +2,8 @@
 //!
 //! A worker never blocks its thread on capture: `CaptureSender::send` tries the channel and, when
 //! it is full, parks only the calling connection on a short timer and tries again (each such wait
-//! counts in `CaptureStats::full_waits`). It never drops a record.
+//! counts in `CaptureStats::full_waits`). It never drops a record. The sender encodes the record
+//! first, on the worker's thread (`Encoded`): the one writer thread only builds batches.
 //!
 //! Batching: the writer takes whatever is queued, up to `MAX_BATCH` records, and writes it as one
 //! batch. It does not wait to fill a batch: while one batch is written (and, under `sync`,
@@ -27,7 +28,7 @@ use std::time::Duration;
 
 use crossbeam_channel::{bounded, Receiver, RecvTimeoutError, Sender, TrySendError};
 
-use super::record::CallRecord;
+use super::record::{CallRecord, Encoded};
 
 /// Records per write batch: large enough to amortize a WAL write under load, small enough that
 /// one batch is a few hundred KiB.
@@ -91,20 +92,29 @@ impl ExpiryScope {
 
 /// Where batches go: RocksDB in the server, memory in tests.
 pub trait RecordSink: Send + 'static {
-    fn write_batch(&mut self, records: &[CallRecord]) -> std::io::Result<()>;
+    fn write_batch(&mut self, records: &[Encoded]) -> std::io::Result<()>;
+
+    /// Whether the sink keeps the records' bytes; when it does not, senders skip encoding them.
+    fn keeps_records(&self) -> bool {
+        true
+    }
 
     /// Called between batches and when idle (at least every `FINISH_POLL`): room for background
     /// work that must run on the thread that owns the store, such as retention.
     fn tick(&mut self) {}
 }
 
-/// A sink that keeps nothing (`--no-capture`): records still pass through the channel and the
-/// writer thread, so only the store's own cost is left out.
+/// A sink that keeps nothing (`--no-capture`): records are still built and pass through the
+/// channel and the writer thread, unencoded, so the encoding and the store's cost are left out.
 pub struct Discard;
 
 impl RecordSink for Discard {
-    fn write_batch(&mut self, _records: &[CallRecord]) -> std::io::Result<()> {
+    fn write_batch(&mut self, _records: &[Encoded]) -> std::io::Result<()> {
         Ok(())
+    }
+
+    fn keeps_records(&self) -> bool {
+        false
     }
 }
 
@@ -123,14 +133,16 @@ pub struct CaptureStats {
 
 #[derive(Clone)]
 pub struct CaptureSender {
-    tx: Sender<CallRecord>,
+    tx: Sender<Encoded>,
     stats: Arc<CaptureStats>,
+    encode: bool,
 }
 
 impl CaptureSender {
-    /// Hands a record to the writer, waiting (asynchronously, on the monoio timer) while the
-    /// channel is full.
-    pub async fn send(&self, mut record: CallRecord) {
+    /// Encodes a record (on the calling worker's thread) and hands it to the writer, waiting
+    /// (asynchronously, on the monoio timer) while the channel is full.
+    pub async fn send(&self, record: CallRecord) {
+        let mut record = if self.encode { Encoded::new(record) } else { Encoded::unencoded(record) };
         let mut wait = FULL_WAIT_MIN;
         loop {
             match self.tx.try_send(record) {
@@ -175,7 +187,8 @@ impl WriterHandle {
 /// Starts the writer thread. It ends when every `CaptureSender` clone has been dropped, or when
 /// `WriterHandle::finish` is called, after draining the channel either way.
 pub fn start_writer(mut sink: impl RecordSink, capacity: usize) -> std::io::Result<(CaptureSender, WriterHandle)> {
-    let (tx, rx) = bounded::<CallRecord>(capacity);
+    let (tx, rx) = bounded::<Encoded>(capacity);
+    let encode = sink.keeps_records();
     let stats = Arc::new(CaptureStats::default());
     let finish = Arc::new(AtomicBool::new(false));
     let (writer_stats, writer_finish) = (stats.clone(), finish.clone());
@@ -183,7 +196,7 @@ pub fn start_writer(mut sink: impl RecordSink, capacity: usize) -> std::io::Resu
         lower_priority();
         run_writer(&rx, &mut sink, &writer_stats, &writer_finish)
     })?;
-    Ok((CaptureSender { tx, stats }, WriterHandle { thread, finish }))
+    Ok((CaptureSender { tx, stats, encode }, WriterHandle { thread, finish }))
 }
 
 /// Nice value of the writer thread. Workers relay bytes someone is waiting for; the writer's
@@ -203,7 +216,7 @@ fn lower_priority() {
     }
 }
 
-fn run_writer(rx: &Receiver<CallRecord>, sink: &mut dyn RecordSink, stats: &CaptureStats, finish: &AtomicBool) {
+fn run_writer(rx: &Receiver<Encoded>, sink: &mut dyn RecordSink, stats: &CaptureStats, finish: &AtomicBool) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
     loop {
         let first = match rx.recv_timeout(FINISH_POLL) {
@@ -256,7 +269,7 @@ mod tests {
     }
 
     impl RecordSink for MemSink {
-        fn write_batch(&mut self, records: &[CallRecord]) -> std::io::Result<()> {
+        fn write_batch(&mut self, records: &[Encoded]) -> std::io::Result<()> {
             std::thread::sleep(self.delay);
             if self.fail_first.load(Ordering::Relaxed) > 0 {
                 self.fail_first.fetch_sub(1, Ordering::Relaxed);
