@@ -17,11 +17,20 @@ use kurral_proxy::capture::{CallRecord, Durability, Encoded, RecordSink};
 /// Records per batch, as the writer takes them under load (its batch limit).
 const BATCH: usize = 512;
 
+/// Sessions of the records written: `Some(n)`, n sessions named by the client, calls spread over
+/// them in turn; `None`, a session per call named by the proxy (a client that sends no
+/// `x-kurral-session-id`, as the load bench's).
+type Sessions = Option<usize>;
+
 /// A streamed chat call kept at retention `metadata`, as most records are.
-fn record(i: usize, sessions: usize) -> CallRecord {
+fn record(i: usize, sessions: Sessions) -> CallRecord {
+    let session_id = match sessions {
+        Some(n) => format!("00000000-0000-4000-8000-{:012}", i % n),
+        None => kurral_proxy::auth::headers::generated_session_id(),
+    };
     let json = serde_json::json!({
         "id": uuid::Uuid::now_v7().to_string(),
-        "session_id": format!("00000000-0000-4000-8000-{:012}", i % sessions),
+        "session_id": session_id, "session_generated": sessions.is_none(),
         "user": "bench-user", "key_id": "key_0123456789", "agent": format!("agent-{}", i % 4),
         "env": "production", "provider": "openai", "endpoint": "chat.completions",
         "model": "gpt-4o", "response_model": "gpt-4o-2024-08-06", "stream": true,
@@ -46,13 +55,13 @@ fn record(i: usize, sessions: usize) -> CallRecord {
 
 fn encode(c: &mut Criterion) {
     let mut g = c.benchmark_group("record");
-    let r = record(0, 1);
+    let r = record(0, Some(1));
     g.throughput(Throughput::Elements(1));
     g.bench_function("encode", |b| b.iter(|| black_box(&r).encode()));
     let bytes = r.encode();
     g.bench_function("decode", |b| b.iter(|| CallRecord::decode(black_box(&bytes)).unwrap()));
     g.bench_function("to_writer", |b| {
-        b.iter_batched(|| record(0, 1), |r| drop(black_box(Encoded::new(r))), BatchSize::SmallInput)
+        b.iter_batched(|| record(0, Some(1)), |r| drop(black_box(Encoded::new(r))), BatchSize::SmallInput)
     });
     g.finish();
 }
@@ -62,9 +71,10 @@ fn write(c: &mut Criterion) {
     g.throughput(Throughput::Elements(BATCH as u64));
     g.sample_size(20);
     for (name, durability, sessions) in [
-        ("async/100_sessions", Durability::Async, 100),
-        ("async/session_per_call", Durability::Async, usize::MAX),
-        ("sync/100_sessions", Durability::Sync, 100),
+        ("async/100_sessions", Durability::Async, Some(100)),
+        ("async/session_per_call", Durability::Async, Some(usize::MAX)),
+        ("async/generated_sessions", Durability::Async, None),
+        ("sync/100_sessions", Durability::Sync, Some(100)),
     ] {
         let dir = tempfile::tempdir().unwrap();
         let store = Arc::new(Store::open(dir.path()).unwrap());
@@ -97,7 +107,11 @@ fn writer_cpu(c: &mut Criterion) {
     let mut g = c.benchmark_group("writer_cpu");
     g.throughput(Throughput::Elements(BATCH as u64));
     g.sample_size(20);
-    for (name, sessions) in [("async/100_sessions", 100), ("async/session_per_call", usize::MAX)] {
+    for (name, sessions) in [
+        ("async/100_sessions", Some(100)),
+        ("async/session_per_call", Some(usize::MAX)),
+        ("async/generated_sessions", None),
+    ] {
         let dir = tempfile::tempdir().unwrap();
         let store = Arc::new(Store::open(dir.path()).unwrap());
         let mut writer = StoreWriter::new(store, Durability::Async);

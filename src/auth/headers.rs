@@ -49,7 +49,7 @@ pub fn identify(buf: &[u8], head: &RequestHead, keys: &KeyTable) -> Result<CallI
     let session_header = single(buf, head, "x-kurral-session-id")?;
     let session_generated = session_header.is_none();
     let session_id = match session_header {
-        None => uuid::Uuid::new_v4().to_string(),
+        None => generated_session_id(),
         Some(v) => std::str::from_utf8(v)
             .ok()
             .and_then(|s| uuid::Uuid::try_parse(s).ok())
@@ -100,6 +100,14 @@ fn single<'a>(buf: &'a [u8], head: &RequestHead, name: &'static str) -> Result<O
         return Err(ProxyError::bad_request(format!("duplicate {name} header")));
     }
     Ok(head.header(buf, name).map(trim).filter(|v| !v.is_empty()))
+}
+
+/// The session id of a call that named none (`x-kurral-session-id` absent): a UUIDv7, like call
+/// ids, so that the store's session keys arrive in time order. RocksDB then appends them to its
+/// memtables instead of searching a random place for each (`benches/capture.rs`,
+/// `generated_sessions`).
+pub fn generated_session_id() -> String {
+    uuid::Uuid::now_v7().to_string()
 }
 
 #[cfg(test)]

@@ -21,7 +21,7 @@ use rocksdb::{
 
 use super::layout::*;
 use super::record::{CallRecord, Encoded, Env};
-use super::summary::{self, AgentSummary, Contribution, SessionSummary};
+use super::summary::{self, AgentSummary, SessionSummary};
 use super::writer::{Durability, Expiry, ExpiryScope, RecordSink};
 
 const STORE_DIR: &str = "captures";
