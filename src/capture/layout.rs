@@ -13,7 +13,7 @@
 //! | `agent`          | U ‖ agent                                         | `AgentSummary`   |
 //! | `agent_sessions` | U ‖ P(agent) ‖ env tag ‖ !started_ms ‖ session id | empty            |
 //! | `session_calls`  | U ‖ P(session id) ‖ started_ms ‖ call id           | empty            |
-//! | `by_time`        | started_ms ‖ U ‖ call id                          | empty            |
+//! | `by_time`        | latest started_ms ‖ U ‖ call id                   | (started_ms ‖ P(call key))* |
 //!
 //! - `U` is the user, `P(x)`: a 4-byte big-endian length then the bytes. Every user's keys start
 //!   with U, and a length-prefixed part is never a prefix of another, so one user's range never
@@ -25,8 +25,13 @@
 //! - `agent_sessions` holds two entries per session: env tag 0 (any env) and the tag of the
 //!   session's env, so "newest first" with or without an env filter is one range scan.
 //! - `by_time` orders every call by start time across users; retention walks it from the oldest.
+//!   The writer adds one entry per minute of start times in a batch, not one per call (a
+//!   memtable insert per call saved): its key is the latest start of that group and that call's
+//!   `call` key, its value each call's start and `call` key. An entry with an empty value, as
+//!   stores written before hold, stands for the one call its key names. Retention removes a group
+//!   once its latest start has expired, so a call can outlive its expiry by up to a minute.
 //!
-//! Values are versioned: a version byte, then JSON.
+//! Record and summary values are versioned: a version byte, then JSON.
 
 use std::borrow::Cow;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -136,17 +141,41 @@ pub fn session_calls_position(started_ms: u64, call_id: &str) -> Vec<u8> {
     k
 }
 
-pub fn by_time_key(started_ms: u64, user: &str, call_id: &str) -> Vec<u8> {
-    let mut k = started_ms.to_be_bytes().to_vec();
-    k.extend_from_slice(&user_prefix(user));
-    k.extend_from_slice(&id_bytes(call_id));
-    k
+/// Start times grouped into one `by_time` entry: calls of a batch that started in the same minute.
+pub const BY_TIME_GROUP_MS: u64 = 60_000;
+
+/// The key of a `by_time` entry: the group's latest start, then that call's `call` key.
+pub fn by_time_key(latest_ms: u64, call_key: &[u8]) -> Vec<u8> {
+    [&latest_ms.to_be_bytes()[..], call_key].concat()
 }
 
-/// A `by_time` key read back: start time, then the `call` key (U ‖ call id).
+/// A `by_time` key read back: the group's latest start, then a `call` key (U ‖ call id).
 pub fn split_by_time(key: &[u8]) -> Option<(u64, &[u8])> {
     let ms = u64::from_be_bytes(key.get(..8)?.try_into().ok()?);
     Some((ms, &key[8..]))
+}
+
+/// Adds a call to the value of a `by_time` entry.
+pub fn push_by_time_call(value: &mut Vec<u8>, started_ms: u64, call_key: &[u8]) {
+    value.extend_from_slice(&started_ms.to_be_bytes());
+    push_part(value, call_key);
+}
+
+/// The calls a `by_time` entry stands for, as (start, `call` key): those its value lists, or the
+/// one its key names when the value is empty. None when the entry is malformed.
+pub fn by_time_calls<'a>(key: &'a [u8], value: &'a [u8]) -> Option<Vec<(u64, &'a [u8])>> {
+    if value.is_empty() {
+        return split_by_time(key).map(|call| vec![call]);
+    }
+    let mut calls = Vec::new();
+    let mut rest = value;
+    while !rest.is_empty() {
+        let ms = u64::from_be_bytes(rest.get(..8)?.try_into().ok()?);
+        let len = u32::from_be_bytes(rest.get(8..12)?.try_into().ok()?) as usize;
+        calls.push((ms, rest.get(12..12 + len)?));
+        rest = &rest[12 + len..];
+    }
+    Some(calls)
 }
 
 /// The smallest key greater than every key that starts with `prefix` (the end of its range);
@@ -229,6 +258,22 @@ mod tests {
         assert_eq!(id_bytes(sid).len(), 16);
         assert_eq!(&*id_bytes("s-1"), b"s-1");
         assert_eq!(position_session(&agent_sessions_position(5, sid)).unwrap(), &*id_bytes(sid));
+    }
+
+    #[test]
+    fn by_time_entries_list_their_calls() {
+        let (a, b) = (call_key("u", "call-a"), call_key("u", "call-b"));
+        let mut value = Vec::new();
+        push_by_time_call(&mut value, 5, &a);
+        push_by_time_call(&mut value, 7, &b);
+        let key = by_time_key(7, &b);
+        assert_eq!(by_time_calls(&key, &value).unwrap(), vec![(5, &a[..]), (7, &b[..])]);
+        // An entry of one call, as stores written before hold: the key names it.
+        assert_eq!(by_time_calls(&by_time_key(3, &a), &[]).unwrap(), vec![(3, &a[..])]);
+        // Cut short: refused, not read past the end.
+        assert!(by_time_calls(&key, &value[..value.len() - 1]).is_none());
+        assert!(by_time_calls(&key, &value[..10]).is_none());
+        assert!(by_time_calls(&[1, 2], &[]).is_none());
     }
 
     #[test]

@@ -369,20 +369,22 @@ impl StoreWriter {
         &self.store
     }
 
-    /// One retention step: up to `EXPIRY_STEP` calls older than the cutoff. Returns how many
-    /// calls it changed or removed.
+    /// One retention step: the `by_time` entries older than the cutoff, whole, until they hold
+    /// `EXPIRY_STEP` calls. Returns how many calls it changed or removed.
     pub fn expire_step(&mut self, expiry: Expiry, now_ms: u64) -> Result<usize, String> {
         let cutoff = now_ms.saturating_sub(expiry.after.as_millis() as u64);
-        let mut expired: Vec<Vec<u8>> = Vec::new();
-        let mut failure = None;
-        self.store.scan(CF_BY_TIME, &[], self.expired_to.as_deref(), |k, _| match split_by_time(k) {
-            Some((ms, _)) if ms < cutoff && expired.len() < EXPIRY_STEP => {
-                expired.push(k.to_vec());
+        let mut expired: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
+        let (mut calls, mut failure) = (0, None);
+        self.store.scan(CF_BY_TIME, &[], self.expired_to.as_deref(), |k, v| match by_time_calls(k, v) {
+            Some(_) if calls >= EXPIRY_STEP => false,
+            Some(listed) if split_by_time(k).is_some_and(|(latest, _)| latest < cutoff) => {
+                calls += listed.len();
+                expired.push((k.to_vec(), v.to_vec()));
                 true
             }
             Some(_) => false,
             None => {
-                failure = Some("bad by_time key".to_string());
+                failure = Some("bad by_time entry".to_string());
                 false
             }
         })?;
@@ -393,43 +395,44 @@ impl StoreWriter {
         let handle = |name| self.store.cf(name).expect("the store opened every family");
         let mut batch = WriteBatch::default();
         let mut changed = 0;
-        for key in &expired {
+        for (key, value) in &expired {
             batch.delete_cf(handle(CF_BY_TIME), key);
-            let Some((ms, call_key)) = split_by_time(key) else { continue };
-            let Some(bytes) = db.get_cf(handle(CF_CALL), call_key).map_err(err)? else { continue };
-            let mut record = CallRecord::decode(&bytes)?;
-            match expiry.scope {
-                ExpiryScope::Content => {
-                    if record.request.is_none() && record.response.is_none() && record.tools.is_none() {
-                        continue;
+            for (ms, call_key) in by_time_calls(key, value).unwrap_or_default() {
+                let Some(bytes) = db.get_cf(handle(CF_CALL), call_key).map_err(err)? else { continue };
+                let mut record = CallRecord::decode(&bytes)?;
+                match expiry.scope {
+                    ExpiryScope::Content => {
+                        if record.request.is_none() && record.response.is_none() && record.tools.is_none() {
+                            continue;
+                        }
+                        record.request = None;
+                        record.response = None;
+                        record.tools = None;
+                        batch.put_cf(handle(CF_CALL), call_key, record.encode());
                     }
-                    record.request = None;
-                    record.response = None;
-                    record.tools = None;
-                    batch.put_cf(handle(CF_CALL), call_key, record.encode());
+                    ExpiryScope::Records => {
+                        // The session and agent totals keep counting it: they are history, not a
+                        // view of what is still stored.
+                        batch.delete_cf(handle(CF_CALL), call_key);
+                        let index = [
+                            session_calls_prefix(&record.user, &record.session_id),
+                            session_calls_position(ms, &record.id),
+                        ]
+                        .concat();
+                        batch.delete_cf(handle(CF_SESSION_CALLS), index);
+                    }
                 }
-                ExpiryScope::Records => {
-                    // The session and agent totals keep counting it: they are history, not a
-                    // view of what is still stored.
-                    batch.delete_cf(handle(CF_CALL), call_key);
-                    let index = [
-                        session_calls_prefix(&record.user, &record.session_id),
-                        session_calls_position(ms, &record.id),
-                    ]
-                    .concat();
-                    batch.delete_cf(handle(CF_SESSION_CALLS), index);
-                }
+                changed += 1;
             }
-            changed += 1;
         }
-        if !expired.is_empty() {
+        if let Some((last, _)) = expired.last() {
             let mut wo = WriteOptions::default();
             wo.set_sync(self.durability == Durability::Sync);
             db.write_opt(batch, &wo).map_err(err)?;
-            self.expired_to = expired.last().cloned();
+            self.expired_to = Some(last.clone());
         }
         // Caught up: look again later. Behind: continue at the next tick.
-        self.next_expiry = Instant::now() + if expired.len() < EXPIRY_STEP { EXPIRY_INTERVAL } else { Duration::ZERO };
+        self.next_expiry = Instant::now() + if calls < EXPIRY_STEP { EXPIRY_INTERVAL } else { Duration::ZERO };
         Ok(changed)
     }
 }
@@ -454,6 +457,30 @@ impl RecordSink for StoreWriter {
                 self.next_expiry = Instant::now() + EXPIRY_INTERVAL;
             }
         }
+    }
+}
+
+/// The calls of a batch that started in one minute: one `by_time` entry.
+struct TimeGroup {
+    minute: u64,
+    latest: u64,
+    latest_call: Vec<u8>,
+    calls: Vec<u8>,
+}
+
+impl TimeGroup {
+    fn new(minute: u64, ms: u64, call_key: &[u8]) -> TimeGroup {
+        let mut g = TimeGroup { minute, latest: ms, latest_call: call_key.to_vec(), calls: Vec::new() };
+        push_by_time_call(&mut g.calls, ms, call_key);
+        g
+    }
+
+    fn add(&mut self, ms: u64, call_key: &[u8]) {
+        if ms >= self.latest {
+            self.latest = ms;
+            self.latest_call = call_key.to_vec();
+        }
+        push_by_time_call(&mut self.calls, ms, call_key);
     }
 }
 
@@ -500,6 +527,7 @@ impl WriteState {
         let mut sessions: HashMap<Vec<u8>, SessionSummary> = HashMap::new();
         let mut agents: HashMap<Vec<u8>, AgentSummary> = HashMap::new();
         let mut seen: HashSet<Vec<u8>> = HashSet::new();
+        let mut by_time: Vec<TimeGroup> = Vec::new();
         for r in records {
             let call_key = call_key(&r.user, &r.id);
             // Ids are the proxy's own and unique: a record can be in the store already only if
@@ -547,8 +575,15 @@ impl WriteState {
             batch.put_cf(handle(CF_CALL), &call_key, &r.bytes);
             let index = [session_calls_prefix(&r.user, &r.session_id), session_calls_position(ms, &r.id)].concat();
             batch.put_cf(handle(CF_SESSION_CALLS), index, []);
-            batch.put_cf(handle(CF_BY_TIME), by_time_key(ms, &r.user, &r.id), []);
+            let minute = ms / BY_TIME_GROUP_MS;
+            match by_time.iter_mut().find(|g| g.minute == minute) {
+                Some(group) => group.add(ms, &call_key),
+                None => by_time.push(TimeGroup::new(minute, ms, &call_key)),
+            }
             seen.insert(call_key);
+        }
+        for g in &by_time {
+            batch.put_cf(handle(CF_BY_TIME), by_time_key(g.latest, &g.latest_call), &g.calls);
         }
         for (k, s) in &sessions {
             batch.put_cf(handle(CF_SESSION), k, summary::encode(s));
@@ -673,5 +708,60 @@ mod tests {
         assert_eq!(store.calls().unwrap().len(), 2);
         assert!(store.session_calls("u", "s2", 10, None).unwrap().items.is_empty());
         assert_eq!(store.session("u", "s2").unwrap().unwrap().totals.calls, 1, "totals are history");
+    }
+
+    #[test]
+    fn retention_takes_a_minute_of_calls_per_entry_and_reads_single_call_entries() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Store::open(dir.path()).unwrap());
+        let mut w = StoreWriter::new(store.clone(), Durability::Async);
+        let minute: Vec<CallRecord> = ["00.100", "10.000", "59.900"]
+            .iter()
+            .map(|s| record("u", "s", &format!("2026-01-01T00:00:{s}Z")))
+            .collect();
+        let next_minute = record("u", "s", "2026-01-01T00:01:00.000Z");
+        put(&mut w, &[minute[1].clone(), next_minute.clone(), minute[2].clone(), minute[0].clone()]);
+        let by_time = |store: &Store| {
+            let mut n = 0;
+            store
+                .scan(CF_BY_TIME, &[], None, |_, _| {
+                    n += 1;
+                    true
+                })
+                .unwrap();
+            n
+        };
+        assert_eq!(by_time(&store), 2, "one entry per minute of start times, not one per call");
+
+        // An entry as stores written before hold: one call, named by its key, empty value.
+        let mut legacy = record("u", "s", "2026-01-01T00:00:30.000Z");
+        legacy.id = uuid::Uuid::now_v7().to_string();
+        put(&mut w, std::slice::from_ref(&legacy));
+        let cf = store.cf(CF_BY_TIME).unwrap();
+        let mut entries = Vec::new();
+        store
+            .scan(CF_BY_TIME, &[], None, |k, v| {
+                entries.push((k.to_vec(), v.to_vec()));
+                true
+            })
+            .unwrap();
+        for (k, v) in &entries {
+            if by_time_calls(k, v).unwrap().iter().any(|(_, c)| *c == call_key("u", &legacy.id)) {
+                store.db.delete_cf(cf, k).unwrap();
+            }
+        }
+        let ms = started_ms(&legacy);
+        store.db.put_cf(cf, by_time_key(ms, &call_key("u", &legacy.id)), []).unwrap();
+
+        // The expiry falls inside the second minute: the first minute's calls and the single-call
+        // entry go, the second minute's call stays.
+        let now = started_ms(&next_minute) + 86_400_000;
+        let expiry = Expiry { after: Duration::from_secs(86_400), scope: ExpiryScope::Records };
+        assert_eq!(w.expire_step(expiry, now).unwrap(), 4);
+        let left: Vec<String> = store.calls().unwrap().into_iter().map(|r| r.id).collect();
+        assert_eq!(left, vec![next_minute.id.clone()]);
+        assert_eq!(by_time(&store), 1);
+        assert_eq!(w.expire_step(expiry, now).unwrap(), 0);
+        assert_eq!(w.expire_step(expiry, now + 60_000).unwrap(), 1, "its minute over, the last call goes too");
     }
 }
