@@ -69,7 +69,8 @@ fn detectors(c: &mut Criterion) {
             })
         });
     }
-    let args = r#"pip install -r requirements.txt && pytest -q tests/ --maxfail=1 && git commit -am "fix flaky test" "#.repeat(8);
+    let args = r#"pip install -r requirements.txt && pytest -q tests/ --maxfail=1 && git commit -am "fix flaky test" "#
+        .repeat(8);
     g.throughput(Throughput::Bytes(args.len() as u64));
     let mut out = Vec::new();
     g.bench_function("tool_call_arguments", |b| {

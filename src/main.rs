@@ -6,15 +6,15 @@ use clap::Parser;
 use kurral_proxy::api::json;
 use kurral_proxy::auth::headers::{MAX_AGENT_LEN, MIN_AGENT_LEN};
 use kurral_proxy::auth::{KeyLimits, KeyStore};
+use kurral_proxy::capture::findings::FindingQuery;
 use kurral_proxy::capture::layout::rfc3339_ms;
 use kurral_proxy::capture::store::Store;
 use kurral_proxy::capture::summary::{AgentSummary, SessionSummary};
-use kurral_proxy::capture::findings::FindingQuery;
 use kurral_proxy::capture::Env;
-use kurral_proxy::scan::Severity;
 use kurral_proxy::cli::{
     AgentsCommand, CallsCommand, Cli, Command, FindingsCommand, KeysCommand, ReadScope, ServeArgs, SessionsCommand,
 };
+use kurral_proxy::scan::Severity;
 use kurral_proxy::{config, server};
 
 fn main() -> ExitCode {
@@ -75,7 +75,14 @@ fn serve(args: ServeArgs) -> Result<(), String> {
 
 fn keys(cmd: KeysCommand) -> Result<(), String> {
     match cmd {
-        KeysCommand::Create { user, requests_per_minute, max_concurrent, registered_agents_only, block_findings, dir } => {
+        KeysCommand::Create {
+            user,
+            requests_per_minute,
+            max_concurrent,
+            registered_agents_only,
+            block_findings,
+            dir,
+        } => {
             let limits = KeyLimits { requests_per_minute, max_concurrent, block_findings };
             let (key, id) = KeyStore::new(&dir.data_dir)
                 .create_key(&user, limits, registered_agents_only)
@@ -404,13 +411,8 @@ fn findings(cmd: FindingsCommand) -> Result<(), String> {
     let mut rows = Vec::new();
     if let Some(store) = &store {
         for user in scope_users(store, &scope)? {
-            let q = FindingQuery {
-                user: &user,
-                agent: agent.as_deref(),
-                session: session.as_deref(),
-                min_severity,
-                limit,
-            };
+            let q =
+                FindingQuery { user: &user, agent: agent.as_deref(), session: session.as_deref(), min_severity, limit };
             rows.extend(kurral_proxy::capture::findings::list(store, &q)?);
         }
     }

@@ -25,8 +25,7 @@ const AWS_KEY_ID: &str = "AKIAZ7QW3ERT5YU2IO4P";
 const STREAMED_SECRET: &str = "ghp_R4nD0mT0k3nW1thM1x3dCaS3AndD1g1ts99Z";
 
 fn sse_chunked(events: &[String]) -> Vec<u8> {
-    let mut out =
-        b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n".to_vec();
+    let mut out = b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n".to_vec();
     for e in events {
         out.extend_from_slice(format!("{:x}\r\n{e}\r\n", e.len()).as_bytes());
     }
@@ -143,7 +142,10 @@ fn findings_per_provider_with_header_counts_and_no_secret_stored() {
     // The read API lists them, newest session first (records reach the store within moments).
     let mut listed = serde_json::Value::Null;
     for _ in 0..100 {
-        let resp = send(proxy.addr, &request("GET", "/api/findings?min_severity=high&limit=50", &[("X-Kurral-API-Key", &key)], b""));
+        let resp = send(
+            proxy.addr,
+            &request("GET", "/api/findings?min_severity=high&limit=50", &[("X-Kurral-API-Key", &key)], b""),
+        );
         assert_eq!(resp.status, 200);
         listed = resp.json();
         if listed["findings"].as_array().unwrap().iter().any(|f| f["kind"] == "destructive_shell") {
@@ -152,7 +154,10 @@ fn findings_per_provider_with_header_counts_and_no_secret_stored() {
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
     let high: Vec<&str> = listed["findings"].as_array().unwrap().iter().map(|f| f["kind"].as_str().unwrap()).collect();
-    assert!(high.contains(&"destructive_shell") && high.contains(&"openai_api_key") && !high.contains(&"email"), "{high:?}");
+    assert!(
+        high.contains(&"destructive_shell") && high.contains(&"openai_api_key") && !high.contains(&"email"),
+        "{high:?}"
+    );
     assert!(listed["findings"][0]["call_id"].is_string() && listed["findings"][0]["excerpt"].is_string());
 
     let data_dir = proxy.data_dir().to_path_buf();
@@ -227,7 +232,10 @@ fn findings_per_provider_with_header_counts_and_no_secret_stored() {
     };
     let listed: serde_json::Value = serde_json::from_str(&cli(&["--json", "--min-severity", "high"])).unwrap();
     let kinds: Vec<&str> = listed["findings"].as_array().unwrap().iter().map(|f| f["kind"].as_str().unwrap()).collect();
-    assert!(kinds.contains(&"destructive_shell") && kinds.contains(&"openai_api_key") && !kinds.contains(&"email"), "{kinds:?}");
+    assert!(
+        kinds.contains(&"destructive_shell") && kinds.contains(&"openai_api_key") && !kinds.contains(&"email"),
+        "{kinds:?}"
+    );
     let table = cli(&["--agent", "scan-agent"]);
     assert!(table.contains("download_and_execute") && table.contains("tool_call 0"), "{table}");
 

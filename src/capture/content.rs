@@ -30,7 +30,9 @@ pub fn caps(retention: Retention, max_content: usize, scan: bool) -> Caps {
     match (retention, scan) {
         (_, true) => Caps { content: true, text: max_content, arguments: max_content, scan: true },
         (Retention::None, false) => Caps::USAGE_ONLY,
-        (Retention::Metadata, false) => Caps { content: true, text: SUMMARY_BYTES, arguments: SUMMARY_BYTES, scan: false },
+        (Retention::Metadata, false) => {
+            Caps { content: true, text: SUMMARY_BYTES, arguments: SUMMARY_BYTES, scan: false }
+        }
         (Retention::Full, false) => Caps { content: true, text: max_content, arguments: max_content, scan: false },
     }
 }

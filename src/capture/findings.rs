@@ -66,7 +66,12 @@ pub fn list(store: &Store, q: &FindingQuery<'_>) -> Result<Vec<FindingRow>, Stri
 }
 
 /// The session's findings, newest call first.
-fn session_findings(store: &Store, q: &FindingQuery<'_>, session: &str, rows: &mut Vec<FindingRow>) -> Result<(), String> {
+fn session_findings(
+    store: &Store,
+    q: &FindingQuery<'_>,
+    session: &str,
+    rows: &mut Vec<FindingRow>,
+) -> Result<(), String> {
     let mut calls: Vec<CallRecord> = Vec::new();
     let mut after: Option<Vec<u8>> = None;
     loop {

@@ -222,7 +222,13 @@ mod tests {
     fn response_head_gets_ids_and_loses_hop_by_hop_fields() {
         let raw = "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nConnection: keep-alive\r\nKeep-Alive: timeout=5\r\nTransfer-Encoding: chunked\r\n\r\n";
         let head = parse_response_head(raw.as_bytes(), 8192, false).unwrap().unwrap();
-        let add = ResponseAdditions { session_id: "s1", request_id: "r1", close: false, body: BodyFraming::AsUpstream, findings: None };
+        let add = ResponseAdditions {
+            session_id: "s1",
+            request_id: "r1",
+            close: false,
+            body: BodyFraming::AsUpstream,
+            findings: None,
+        };
         let out = String::from_utf8(downstream_response_head(raw.as_bytes(), &head, &add)).unwrap();
         assert_eq!(
             out,

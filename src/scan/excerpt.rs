@@ -32,8 +32,16 @@ pub fn excerpt(text: &str, m: &Match, all: &[Match]) -> String {
         }
         let c = text[i..].chars().next().expect("i is a char boundary");
         if ('\u{E0000}'..='\u{E007F}').contains(&c) {
-            let run_end = text[i..].char_indices().find(|(_, c)| !('\u{E0000}'..='\u{E007F}').contains(c)).map_or(text.len(), |(j, _)| i + j);
-            let smuggled: String = text[i..run_end].chars().filter_map(|c| char::from_u32(c as u32 - 0xE0000)).filter(|c| !c.is_control()).take(60).collect();
+            let run_end = text[i..]
+                .char_indices()
+                .find(|(_, c)| !('\u{E0000}'..='\u{E007F}').contains(c))
+                .map_or(text.len(), |(j, _)| i + j);
+            let smuggled: String = text[i..run_end]
+                .chars()
+                .filter_map(|c| char::from_u32(c as u32 - 0xE0000))
+                .filter(|c| !c.is_control())
+                .take(60)
+                .collect();
             let _ = write!(out, "[hidden:{smuggled:?}]");
             i = run_end;
             continue;

@@ -194,13 +194,17 @@ impl Injection {
                 Anchor::NewRules => phrase(&self.new_rules).map(|r| (Kind::InstructionOverride, r)),
                 Anchor::Extract => {
                     let before = &text[ceil_char(text, at.saturating_sub(80))..at];
-                    self.extract.find(before).map(|m| (Kind::InstructionOverride, at - before.len() + m.start()..hit.end()))
+                    self.extract
+                        .find(before)
+                        .map(|m| (Kind::InstructionOverride, at - before.len() + m.start()..hit.end()))
                 }
                 Anchor::RolePlay => phrase(&self.role_play)
                     .or_else(|| {
                         let before = &text[ceil_char(text, at.saturating_sub(32))..at];
-                        (window.len() >= 14 && window[..14].eq_ignore_ascii_case("developer mode") && self.enter_mode.is_match(before))
-                            .then(|| at..at + 14)
+                        (window.len() >= 14
+                            && window[..14].eq_ignore_ascii_case("developer mode")
+                            && self.enter_mode.is_match(before))
+                        .then(|| at..at + 14)
                     })
                     .map(|r| (Kind::RolePlayMarker, r)),
                 Anchor::Marker => Some((Kind::RolePlayMarker, at..hit.end())),

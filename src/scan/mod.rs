@@ -289,7 +289,8 @@ pub struct CallScan {
 
 impl CallScan {
     fn push(&mut self, f: Finding) {
-        let same = |g: &Finding| g.kind == f.kind && g.location == f.location && g.index == f.index && g.excerpt == f.excerpt;
+        let same =
+            |g: &Finding| g.kind == f.kind && g.location == f.location && g.index == f.index && g.excerpt == f.excerpt;
         if self.findings.iter().any(same) {
             return;
         }
@@ -395,7 +396,10 @@ mod tests {
         let mut scan = CallScan::default();
         Scanner::new().scan(&units, &mut scan);
         let f = &scan.findings[0];
-        assert_eq!((f.kind, f.location, f.index, f.severity), (Kind::AwsAccessKeyId, Place::ToolResult, Some(3), Severity::High));
+        assert_eq!(
+            (f.kind, f.location, f.index, f.severity),
+            (Kind::AwsAccessKeyId, Place::ToolResult, Some(3), Severity::High)
+        );
         assert!(!f.excerpt.contains(key), "{}", f.excerpt);
         assert!(f.excerpt.contains("[aws_access_key_id]"), "{}", f.excerpt);
         assert_eq!(scan.header_value().as_deref(), Some("aws_access_key_id"));

@@ -63,7 +63,7 @@ fn next_digit(b: &[u8], from: usize) -> Option<usize> {
     #[cfg(target_arch = "x86_64")]
     let from = {
         use std::arch::x86_64::{
-            __m128i, _mm_cmpgt_epi8, _mm_cmplt_epi8, _mm_and_si128, _mm_loadu_si128, _mm_movemask_epi8, _mm_set1_epi8,
+            __m128i, _mm_and_si128, _mm_cmpgt_epi8, _mm_cmplt_epi8, _mm_loadu_si128, _mm_movemask_epi8, _mm_set1_epi8,
         };
         let mut i = from;
         // SAFETY: SSE2 is part of the x86-64 baseline; each load reads 16 bytes within `b`.
@@ -114,7 +114,8 @@ fn emails(b: &[u8], out: &mut Vec<Match>) {
         }
         // `scheme://user@host` and `scheme://user:password@host` are a URL's user, not an
         // address; `mailto:` is one.
-        let url_user = b[..start].ends_with(b"//") || (start > 0 && b[start - 1] == b':' && !b[..start].ends_with(b"mailto:"));
+        let url_user =
+            b[..start].ends_with(b"//") || (start > 0 && b[start - 1] == b':' && !b[..start].ends_with(b"mailto:"));
         if url_user {
             continue;
         }
@@ -180,7 +181,9 @@ fn groups(b: &[u8], at: usize, seps: &[u8], max_digits: usize) -> (Vec<usize>, u
         lens.push(end - i);
         i = end;
         match b.get(i) {
-            Some(&s) if seps.contains(&s) && sep.is_none_or(|x| x == s) && b.get(i + 1).is_some_and(u8::is_ascii_digit) => {
+            Some(&s)
+                if seps.contains(&s) && sep.is_none_or(|x| x == s) && b.get(i + 1).is_some_and(u8::is_ascii_digit) =>
+            {
                 sep = Some(s);
                 i += 1;
             }
@@ -203,7 +206,11 @@ fn luhn(digits: &[u8]) -> bool {
             let d = u32::from(d);
             if i % 2 == 1 {
                 let x = d * 2;
-                if x > 9 { x - 9 } else { x }
+                if x > 9 {
+                    x - 9
+                } else {
+                    x
+                }
             } else {
                 d
             }
@@ -251,7 +258,12 @@ fn card(b: &[u8], at: usize) -> Option<Match> {
 fn ssn(b: &[u8], at: usize) -> Option<Match> {
     let s = b.get(at..at + 11)?;
     let shape = s.iter().enumerate().all(|(i, &c)| if i == 3 || i == 6 { c == b'-' } else { c.is_ascii_digit() });
-    if !shape || !starts_word(b, at) || (at > 0 && b[at - 1] == b'-') || !ends_number(b, at + 11) || b.get(at + 11) == Some(&b'-') {
+    if !shape
+        || !starts_word(b, at)
+        || (at > 0 && b[at - 1] == b'-')
+        || !ends_number(b, at + 11)
+        || b.get(at + 11) == Some(&b'-')
+    {
         return None;
     }
     let ok = &s[..3] != b"000" && &s[..3] != b"666" && s[0] != b'9' && &s[4..6] != b"00" && &s[7..] != b"0000";
@@ -288,16 +300,82 @@ fn nino(b: &[u8], at: usize) -> Option<Match> {
 
 /// IBAN lengths by country (ISO 13616 registry), sorted by country code.
 const IBAN_LENGTHS: &[(&[u8; 2], usize)] = &[
-    (b"AD", 24), (b"AE", 23), (b"AL", 28), (b"AT", 20), (b"AZ", 28), (b"BA", 20), (b"BE", 16), (b"BG", 22),
-    (b"BH", 22), (b"BR", 29), (b"CH", 21), (b"CR", 22), (b"CY", 28), (b"CZ", 24), (b"DE", 22), (b"DK", 18),
-    (b"DO", 28), (b"EE", 20), (b"EG", 29), (b"ES", 24), (b"FI", 18), (b"FO", 18), (b"FR", 27), (b"GB", 22),
-    (b"GE", 22), (b"GI", 23), (b"GL", 18), (b"GR", 27), (b"GT", 28), (b"HR", 21), (b"HU", 28), (b"IE", 22),
-    (b"IL", 23), (b"IQ", 23), (b"IS", 26), (b"IT", 27), (b"JO", 30), (b"KW", 30), (b"KZ", 20), (b"LB", 28),
-    (b"LC", 32), (b"LI", 21), (b"LT", 20), (b"LU", 20), (b"LV", 21), (b"MC", 27), (b"MD", 24), (b"ME", 22),
-    (b"MK", 19), (b"MR", 27), (b"MT", 31), (b"MU", 30), (b"NL", 18), (b"NO", 15), (b"PK", 24), (b"PL", 28),
-    (b"PS", 29), (b"PT", 25), (b"QA", 29), (b"RO", 24), (b"RS", 22), (b"SA", 24), (b"SC", 31), (b"SE", 24),
-    (b"SI", 19), (b"SK", 24), (b"SM", 27), (b"ST", 25), (b"SV", 28), (b"TL", 23), (b"TN", 24), (b"TR", 26),
-    (b"UA", 29), (b"VA", 22), (b"VG", 24), (b"XK", 20),
+    (b"AD", 24),
+    (b"AE", 23),
+    (b"AL", 28),
+    (b"AT", 20),
+    (b"AZ", 28),
+    (b"BA", 20),
+    (b"BE", 16),
+    (b"BG", 22),
+    (b"BH", 22),
+    (b"BR", 29),
+    (b"CH", 21),
+    (b"CR", 22),
+    (b"CY", 28),
+    (b"CZ", 24),
+    (b"DE", 22),
+    (b"DK", 18),
+    (b"DO", 28),
+    (b"EE", 20),
+    (b"EG", 29),
+    (b"ES", 24),
+    (b"FI", 18),
+    (b"FO", 18),
+    (b"FR", 27),
+    (b"GB", 22),
+    (b"GE", 22),
+    (b"GI", 23),
+    (b"GL", 18),
+    (b"GR", 27),
+    (b"GT", 28),
+    (b"HR", 21),
+    (b"HU", 28),
+    (b"IE", 22),
+    (b"IL", 23),
+    (b"IQ", 23),
+    (b"IS", 26),
+    (b"IT", 27),
+    (b"JO", 30),
+    (b"KW", 30),
+    (b"KZ", 20),
+    (b"LB", 28),
+    (b"LC", 32),
+    (b"LI", 21),
+    (b"LT", 20),
+    (b"LU", 20),
+    (b"LV", 21),
+    (b"MC", 27),
+    (b"MD", 24),
+    (b"ME", 22),
+    (b"MK", 19),
+    (b"MR", 27),
+    (b"MT", 31),
+    (b"MU", 30),
+    (b"NL", 18),
+    (b"NO", 15),
+    (b"PK", 24),
+    (b"PL", 28),
+    (b"PS", 29),
+    (b"PT", 25),
+    (b"QA", 29),
+    (b"RO", 24),
+    (b"RS", 22),
+    (b"SA", 24),
+    (b"SC", 31),
+    (b"SE", 24),
+    (b"SI", 19),
+    (b"SK", 24),
+    (b"SM", 27),
+    (b"ST", 25),
+    (b"SV", 28),
+    (b"TL", 23),
+    (b"TN", 24),
+    (b"TR", 26),
+    (b"UA", 29),
+    (b"VA", 22),
+    (b"VG", 24),
+    (b"XK", 20),
 ];
 
 /// Country code, two check digits, the account: the country's length, mod 97 == 1. Printed

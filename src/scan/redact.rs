@@ -115,7 +115,8 @@ mod tests {
         let key = "-----BEGIN EC PRIVATE KEY-----\nMHcCAQEEIIrYSSNQFaA2Hwf1duRSxKtLYX5CB04fSeQ6tF1aY/PuoAoGCCqGSM49\n-----END EC PRIVATE KEY-----";
         r.add(Kind::PrivateKey, key);
         r.add(Kind::OpenaiApiKey, "sk-Ab3dEf9hIj2LmN0pQr5tUv8wXy1zAb4cDe7f");
-        let body = serde_json::json!({"content": format!("{key} and sk-Ab3dEf9hIj2LmN0pQr5tUv8wXy1zAb4cDe7f")}).to_string();
+        let body =
+            serde_json::json!({"content": format!("{key} and sk-Ab3dEf9hIj2LmN0pQr5tUv8wXy1zAb4cDe7f")}).to_string();
         let (clean, complete) = r.body(body.as_bytes(), &r.secrets().collect::<Vec<_>>());
         let clean = String::from_utf8(clean).unwrap();
         assert!(complete);

@@ -180,7 +180,8 @@ fn aws_secret(b: &[u8], name_end: usize) -> Option<Match> {
     let base64 = |c: u8| c.is_ascii_alphanumeric() || c == b'/' || c == b'+';
     let end = take_while(b, start, base64);
     let secret = &b[start..end];
-    (secret.len() == 40 && random_looking(secret)).then_some(Match { kind: Kind::AwsSecretAccessKey, range: start..end })
+    (secret.len() == 40 && random_looking(secret))
+        .then_some(Match { kind: Kind::AwsSecretAccessKey, range: start..end })
 }
 
 /// `xox[baprs]-` then digit groups and a random tail, dash separated.
@@ -191,8 +192,11 @@ fn slack(b: &[u8], at: usize) -> Option<Match> {
     let end = take_while(b, at + 5, |c| c.is_ascii_alphanumeric() || c == b'-');
     let body = &b[at + 5..end];
     let digits = body.iter().filter(|c| c.is_ascii_digit()).count();
-    (body.len() >= 20 && digits >= 8 && body.contains(&b'-') && !body.to_ascii_lowercase().windows(4).any(|w| w == b"xxxx"))
-        .then_some(Match { kind: Kind::SlackToken, range: at..end })
+    (body.len() >= 20
+        && digits >= 8
+        && body.contains(&b'-')
+        && !body.to_ascii_lowercase().windows(4).any(|w| w == b"xxxx"))
+    .then_some(Match { kind: Kind::SlackToken, range: at..end })
 }
 
 /// `https://hooks.slack.com/services/T.../B.../secret`.
@@ -222,7 +226,8 @@ fn private_key(b: &[u8], at: usize) -> Option<Match> {
     let body_start = label_end + 5;
     let end_line = memchr::memmem::find(&b[body_start..], b"-----END ").map(|i| body_start + i);
     let body_end = end_line.unwrap_or(b.len());
-    let material = b[body_start..body_end].iter().filter(|c| c.is_ascii_alphanumeric() || matches!(c, b'+' | b'/')).count();
+    let material =
+        b[body_start..body_end].iter().filter(|c| c.is_ascii_alphanumeric() || matches!(c, b'+' | b'/')).count();
     if material < 40 {
         return None;
     }
@@ -258,7 +263,8 @@ fn url_password(b: &[u8], at: usize) -> Option<Match> {
         return None;
     }
     let userinfo_start = at + 3;
-    let stop = |c: u8| c.is_ascii_whitespace() || matches!(c, b'/' | b'?' | b'#' | b'"' | b'\'' | b'<' | b'>' | b'`' | b'@');
+    let stop =
+        |c: u8| c.is_ascii_whitespace() || matches!(c, b'/' | b'?' | b'#' | b'"' | b'\'' | b'<' | b'>' | b'`' | b'@');
     let userinfo_end = take_while(b, userinfo_start, |c| !stop(c));
     if b.get(userinfo_end) != Some(&b'@') {
         return None;
@@ -297,19 +303,28 @@ mod tests {
     #[test]
     fn each_format_and_its_placeholder() {
         let cases: &[(&str, Option<(Kind, &str)>)] = &[
-            ("key sk-proj-Ab3dEf9hIj2LmN0pQr5tUv8wXy1zAb4cDe7f end", Some((Kind::OpenaiApiKey, "sk-proj-Ab3dEf9hIj2LmN0pQr5tUv8wXy1zAb4cDe7f"))),
+            (
+                "key sk-proj-Ab3dEf9hIj2LmN0pQr5tUv8wXy1zAb4cDe7f end",
+                Some((Kind::OpenaiApiKey, "sk-proj-Ab3dEf9hIj2LmN0pQr5tUv8wXy1zAb4cDe7f")),
+            ),
             ("api_key=\"sk-your-openai-key\"", None),
             ("sk-xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx", None),
             ("the risk-assessment-framework-for-enterprise-2024 doc", None),
             ("AKIAQ3EGWPLM7ZT4X2NB", Some((Kind::AwsAccessKeyId, "AKIAQ3EGWPLM7ZT4X2NB"))),
             ("AKIAIOSFODNN7EXAMPLE", None),
             ("aws_secret_access_key = wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY", None),
-            ("aws_secret_access_key = Zq8vT2mK9pL4xR7nB1cW6yH3jF0sD5gA8eU2iO4k", Some((Kind::AwsSecretAccessKey, "Zq8vT2mK9pL4xR7nB1cW6yH3jF0sD5gA8eU2iO4k"))),
+            (
+                "aws_secret_access_key = Zq8vT2mK9pL4xR7nB1cW6yH3jF0sD5gA8eU2iO4k",
+                Some((Kind::AwsSecretAccessKey, "Zq8vT2mK9pL4xR7nB1cW6yH3jF0sD5gA8eU2iO4k")),
+            ),
             ("postgres://admin:Xk9vQ2mP7t@db.internal:5432/app", Some((Kind::UrlCredentials, "Xk9vQ2mP7t"))),
             ("postgres://user:password@localhost/db", None),
             ("postgres://user:${DB_PASSWORD}@host/db", None),
             ("https://user@example.com/x", None),
-            ("-----BEGIN PUBLIC KEY-----\nMIIBIjANBgkqhkiG9w0BAQEFAAOCAQ8AMIIBCgKCAQEA\n-----END PUBLIC KEY-----", None),
+            (
+                "-----BEGIN PUBLIC KEY-----\nMIIBIjANBgkqhkiG9w0BAQEFAAOCAQ8AMIIBCgKCAQEA\n-----END PUBLIC KEY-----",
+                None,
+            ),
             ("files start with -----BEGIN RSA PRIVATE KEY----- and end", None),
         ];
         for (text, want) in cases {

@@ -138,7 +138,8 @@ fn is_encoded_blob(text: &str) -> bool {
     if b.starts_with(b"data:") && memchr::memmem::find(&b[..b.len().min(100)], b";base64,").is_some() {
         return true;
     }
-    b.len() >= 1024 && b[..1024].iter().all(|&c| c.is_ascii_alphanumeric() || matches!(c, b'+' | b'/' | b'=' | b'-' | b'_'))
+    b.len() >= 1024
+        && b[..1024].iter().all(|&c| c.is_ascii_alphanumeric() || matches!(c, b'+' | b'/' | b'=' | b'-' | b'_'))
 }
 
 /// Members whose values are protocol, not content: roles, types, ids.
@@ -221,7 +222,10 @@ mod tests {
 
     #[test]
     fn responses_input_string_and_items() {
-        assert_eq!(units(r#"{"input":"hello there"}"#, Shape::Responses), [(Place::RequestMessage, Some(0), "hello there".into(), true)]);
+        assert_eq!(
+            units(r#"{"input":"hello there"}"#, Shape::Responses),
+            [(Place::RequestMessage, Some(0), "hello there".into(), true)]
+        );
         let body = r#"{"input":[{"role":"user","content":"look it up"},
             {"type":"function_call","call_id":"c","name":"f","arguments":"{}"},
             {"type":"function_call_output","call_id":"c","output":"the output"}]}"#;

@@ -399,7 +399,12 @@ impl ForwardError {
 }
 
 /// Answers `Expect: 100-continue` once, just before the body is first read.
-async fn send_continue(w: &Worker, client: &mut ClientConn, plan: &CallPlan, call: &mut CallState) -> Result<(), CallFailure> {
+async fn send_continue(
+    w: &Worker,
+    client: &mut ClientConn,
+    plan: &CallPlan,
+    call: &mut CallState,
+) -> Result<(), CallFailure> {
     if plan.expect_continue && !call.continued {
         call.continued = true;
         client
