@@ -80,11 +80,12 @@ pub struct ServeArgs {
     /// nothing written, a machine crash may lose the last seconds).
     #[arg(long, env = "KURRAL_DURABILITY", value_name = "sync|async")]
     pub durability: Option<String>,
-    /// Discard records instead of writing them to the store (usage and cost are still read):
-    /// for measuring what the store costs. The read API then answers 503.
+    /// Discard records instead of encoding and storing them (usage and cost are still read):
+    /// for measuring what capture costs. The read API then answers 503.
     #[arg(long, env = "KURRAL_NO_CAPTURE")]
     pub no_capture: bool,
-    /// Remove captured data of calls older than N days, while running (0: keep everything).
+    /// Remove captured data of calls older than N days (within a minute), while running (0: keep
+    /// everything).
     #[arg(long, env = "KURRAL_RETENTION_DAYS", value_name = "N")]
     pub retention_days: Option<u32>,
     /// What --retention-days removes: `content` (request, response, tools; the default) or
