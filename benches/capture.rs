@@ -1,9 +1,10 @@
 //! The capture path after a call: encoding a record, which the worker that made it does
 //! (`record/to_writer`: encode, then free the record's JSON trees), and writing batches of encoded
 //! records to RocksDB with their session and agent aggregates, as the writer thread does.
-//! Reported in records per second: `store_write` by wall time (what one writer sustains, RocksDB's background flushes and
-//! compactions included, so it swings with them), `writer_cpu` by the writer thread's own CPU time
-//! (steadier: what a change to the writer's code costs or saves).
+//! Reported in records per second: `store_write` by wall time (what one writer sustains,
+//! RocksDB's background flushes and compactions included, so it swings with them), `writer_cpu`
+//! by the writer thread's own CPU time (steadier, but still moving by up to a third from one run
+//! to the next as the memtables fill and flush: compare alternating runs of two binaries).
 //!
 //! Run: `cargo bench --bench capture` (needs the `store` feature, on by default).
 

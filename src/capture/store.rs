@@ -478,7 +478,8 @@ impl TimeGroup {
     fn add(&mut self, ms: u64, call_key: &[u8]) {
         if ms >= self.latest {
             self.latest = ms;
-            self.latest_call = call_key.to_vec();
+            self.latest_call.clear();
+            self.latest_call.extend_from_slice(call_key);
         }
         push_by_time_call(&mut self.calls, ms, call_key);
     }
