@@ -170,7 +170,7 @@ impl CallRecord {
 /// The worker that finished the call encodes it (`CaptureSender::send`), so serializing a record
 /// and freeing its JSON trees spread over the workers instead of queueing on the one writer,
 /// which is left with what only it can do: the aggregates and the RocksDB batch.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug)]
 pub struct Encoded {
     pub id: String,
     pub user: String,
