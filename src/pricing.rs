@@ -249,14 +249,52 @@ fn parse_decimal(s: &str, decimals: u32) -> Result<u128, String> {
 }
 
 /// Writes `value` 10^-`decimals` units as a decimal without trailing zeros (`0`, `12`, `0.0003`).
+/// Digits are made on the stack, 64 bits at a time where the value allows (every cost of one
+/// call and most sums do): 128-bit division is slow, and this runs for every record.
 fn write_decimal(f: &mut fmt::Formatter<'_>, value: u128, decimals: u32) -> fmt::Result {
+    debug_assert!(decimals <= 19, "the fraction must fit in a u64");
     let scale = 10u128.pow(decimals);
-    let (int, frac) = (value / scale, value % scale);
-    if frac == 0 {
-        return write!(f, "{int}");
+    let (int, frac) = (value / scale, (value % scale) as u64);
+    // u128::MAX has 39 digits; a u64 fraction at most 20.
+    let mut buf = [0u8; 39 + 1 + 20];
+    let mut at = buf.len();
+    if frac != 0 {
+        let mut frac = frac;
+        let mut width = decimals;
+        while frac % 10 == 0 {
+            frac /= 10;
+            width -= 1;
+        }
+        for _ in 0..width {
+            at -= 1;
+            buf[at] = b'0' + (frac % 10) as u8;
+            frac /= 10;
+        }
+        at -= 1;
+        buf[at] = b'.';
     }
-    let digits = format!("{frac:0width$}", width = decimals as usize);
-    write!(f, "{int}.{}", digits.trim_end_matches('0'))
+    match u64::try_from(int) {
+        Ok(mut int) => loop {
+            at -= 1;
+            buf[at] = b'0' + (int % 10) as u8;
+            int /= 10;
+            if int == 0 {
+                break;
+            }
+        },
+        Err(_) => {
+            let mut int = int;
+            loop {
+                at -= 1;
+                buf[at] = b'0' + (int % 10) as u8;
+                int /= 10;
+                if int == 0 {
+                    break;
+                }
+            }
+        }
+    }
+    f.write_str(std::str::from_utf8(&buf[at..]).expect("ASCII digits"))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -760,6 +798,35 @@ mod tests {
             r#"{{"version": "t", "currency": "USD", "unit": "per 1M tokens",
                 "providers": {{"openai": {{"models": {{"m": {model_json}}}}}}}}}"#
         ))
+    }
+
+    #[test]
+    fn decimals_print_exactly_without_trailing_zeros() {
+        // The plain long-division form, with 128-bit arithmetic and an allocation.
+        fn reference(value: u128, decimals: u32) -> String {
+            let scale = 10u128.pow(decimals);
+            let (int, frac) = (value / scale, value % scale);
+            if frac == 0 {
+                return int.to_string();
+            }
+            let digits = format!("{frac:0width$}", width = decimals as usize);
+            format!("{int}.{}", digits.trim_end_matches('0'))
+        }
+        let mut values =
+            vec![0, 1, 9, 10, 11, 100, 1_000_000_000_000_000, u64::MAX as u128, u64::MAX as u128 + 1, u128::MAX];
+        let mut x: u128 = 0x9E37_79B9_7F4A_7C15;
+        for _ in 0..2000 {
+            x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            values.push(x >> (x % 128));
+        }
+        for v in values {
+            assert_eq!(Usd(v).to_string(), reference(v, USD_DECIMALS), "{v}");
+            if let Ok(small) = u64::try_from(v) {
+                assert_eq!(Price(small).to_string(), reference(u128::from(small), PRICE_DECIMALS), "{v}");
+            }
+        }
+        assert_eq!(Usd(1).to_string(), "0.000000000000001");
+        assert_eq!(Usd(25 * 10u128.pow(USD_DECIMALS - 3)).to_string(), "0.025");
     }
 
     #[test]
