@@ -485,11 +485,19 @@ impl TimeGroup {
     }
 }
 
+/// The writer's maps hash with a randomly seeded AHash: session ids come from clients, so the
+/// hash must resist chosen collisions, and std's SipHash was a visible share of the writer's time.
+type Map<V> = HashMap<Vec<u8>, V, ahash::RandomState>;
+
+/// Bytes a record adds to a write batch beside its encoding: its keys and index entries, and
+/// the batch's own framing.
+const BATCH_BYTES_PER_RECORD: usize = 512;
+
 /// The aggregates as last written, by key. Only the writer thread touches it.
 #[derive(Default)]
 struct WriteState {
-    sessions: HashMap<Vec<u8>, SessionSummary>,
-    agents: HashMap<Vec<u8>, AgentSummary>,
+    sessions: Map<SessionSummary>,
+    agents: Map<AgentSummary>,
     /// The last write failed: the writer is resending that batch, part of which RocksDB may have
     /// applied, so each record is looked up before it counts.
     retrying: bool,
@@ -524,10 +532,13 @@ impl WriteState {
     /// once the batch is written, so a failed write (retried by the writer) counts nothing twice.
     fn write(&mut self, store: &Store, records: &[Encoded], durability: Durability) -> Result<(), String> {
         let handle = |name| store.cf(name).expect("the store opened every family");
-        let mut batch = WriteBatch::default();
-        let mut sessions: HashMap<Vec<u8>, SessionSummary> = HashMap::new();
-        let mut agents: HashMap<Vec<u8>, AgentSummary> = HashMap::new();
-        let mut seen: HashSet<Vec<u8>> = HashSet::new();
+        // Sized up front, so that RocksDB does not grow (and copy) the batch while it is built.
+        let size: usize = records.iter().map(|r| r.bytes.len() + BATCH_BYTES_PER_RECORD).sum();
+        let mut batch = WriteBatch::with_capacity_bytes(size);
+        // Each session of the batch, and whether to keep it in the cache afterwards.
+        let mut sessions: Map<(SessionSummary, bool)> = Map::default();
+        let mut agents: Map<AgentSummary> = Map::default();
+        let mut seen: HashSet<Vec<u8>, ahash::RandomState> = HashSet::default();
         let mut by_time: Vec<TimeGroup> = Vec::new();
         for r in records {
             let call_key = call_key(&r.user, &r.id);
@@ -541,11 +552,13 @@ impl WriteState {
             let (ms, c) = (r.started_ms, &r.contribution);
 
             let session_key = session_key(&r.user, &r.session_id);
-            let previous = match sessions.remove(&session_key) {
-                Some(s) => Some(s),
+            let (previous, cache) = match sessions.remove(&session_key) {
+                Some((s, cache)) => (Some(s), cache),
                 // A session id the proxy made for this call cannot be stored yet: no lookup.
-                None if r.session_generated => None,
-                None => self.session(store, &session_key)?,
+                // Nor is it cached: the client did not name a session, so it seldom sends that
+                // id again, and when it does the summary is read back from the store.
+                None if r.session_generated => (None, false),
+                None => (self.session(store, &session_key)?, true),
             };
             let new_session = previous.is_none();
             let mut session = previous.unwrap_or_else(|| SessionSummary::new(&r.session_id, &r.agent, r.env, ms));
@@ -562,7 +575,7 @@ impl WriteState {
                 }
             }
             session.add(ms, c);
-            sessions.insert(session_key, session);
+            sessions.insert(session_key, (session, cache));
 
             let agent_key = agent_key(&r.user, &r.agent);
             let agent = match agents.remove(&agent_key) {
@@ -586,7 +599,7 @@ impl WriteState {
         for g in &by_time {
             batch.put_cf(handle(CF_BY_TIME), by_time_key(g.latest, &g.latest_call), &g.calls);
         }
-        for (k, s) in &sessions {
+        for (k, (s, _)) in &sessions {
             batch.put_cf(handle(CF_SESSION), k, summary::encode(s));
         }
         for (k, a) in &agents {
@@ -601,7 +614,7 @@ impl WriteState {
         if self.agents.len() + agents.len() > CACHE_ENTRIES {
             self.agents.clear();
         }
-        self.sessions.extend(sessions);
+        self.sessions.extend(sessions.into_iter().filter_map(|(k, (s, cache))| cache.then_some((k, s))));
         self.agents.extend(agents);
         Ok(())
     }
