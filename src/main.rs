@@ -69,7 +69,14 @@ fn serve(args: ServeArgs) -> Result<(), String> {
     }
     let stats = handle.capture_stats().clone();
     handle.shutdown();
-    tracing::info!(records = stats.written.load(std::sync::atomic::Ordering::Relaxed), "captures flushed; bye");
+    let count = |n: &std::sync::atomic::AtomicU64| n.load(std::sync::atomic::Ordering::Relaxed);
+    tracing::info!(
+        records = count(&stats.written),
+        batches = count(&stats.batches),
+        full_waits = count(&stats.full_waits),
+        write_errors = count(&stats.write_errors),
+        "captures flushed; bye"
+    );
     Ok(())
 }
 
