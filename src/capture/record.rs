@@ -16,6 +16,9 @@ use crate::usage::Usage;
 /// Version byte of the current record encoding.
 pub const RECORD_VERSION: u8 = 1;
 
+/// Bytes reserved for a record's encoding before it is written.
+const ENCODE_CAPACITY: usize = 2048;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Outcome {
@@ -150,7 +153,9 @@ fn is_zero(n: &u32) -> bool {
 
 impl CallRecord {
     pub fn encode(&self) -> Vec<u8> {
-        let mut out = vec![RECORD_VERSION];
+        // A metadata record is 1-2 KiB: start there rather than grow (and copy) from nothing.
+        let mut out = Vec::with_capacity(ENCODE_CAPACITY);
+        out.push(RECORD_VERSION);
         serde_json::to_writer(&mut out, self).expect("a record always serializes");
         out
     }
