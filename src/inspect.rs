@@ -57,7 +57,7 @@ pub fn inspect_request(body: &mut [u8], shape: Shape, caps: Caps) -> RequestInfo
             return info;
         }
     }
-    let Ok(value) = simd_json::to_borrowed_value(body) else {
+    let Ok(value) = crate::dom::parse(body) else {
         return RequestInfo::default();
     };
     let mut info = RequestInfo {

@@ -20,6 +20,7 @@
 //! - `provider`: providers, endpoints, routing.
 //! - `auth`: Kurral keys, the key table, the Kurral request fields.
 //! - `upstream`: connecting (TCP, TLS), per-worker pools.
+//! - `dom`: JSON bodies parsed into a DOM, with per-thread parser buffers.
 //! - `inspect`: what a request body says (model, stream).
 //! - `scan`: security scanning (secrets, personal data, prompt injection, risky tool calls).
 //! - `capture`: records, the writer thread, the RocksDB store.
@@ -31,6 +32,7 @@ pub mod auth;
 pub mod capture;
 pub mod cli;
 pub mod config;
+pub mod dom;
 pub mod error;
 pub mod http;
 pub mod inspect;

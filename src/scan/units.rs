@@ -115,7 +115,7 @@ pub fn response_units(facts: &ResponseFacts) -> Vec<Unit> {
         // Arguments are JSON text: scan their string values unescaped, or the text when it is not
         // JSON (a cut stream).
         let mut bytes = call.arguments.as_bytes().to_vec();
-        let parsed = simd_json::to_borrowed_value(&mut bytes);
+        let parsed = crate::dom::parse(&mut bytes);
         match &parsed {
             Ok(v) => strings(v, &mut |s| push(&mut units, Place::ToolCall, index, s, true)),
             Err(_) => push(&mut units, Place::ToolCall, index, &call.arguments, true),
@@ -185,7 +185,7 @@ mod tests {
 
     fn units(body: &str, shape: Shape) -> Vec<(Place, Option<u32>, String, bool)> {
         let mut bytes = body.as_bytes().to_vec();
-        let v = simd_json::to_borrowed_value(&mut bytes).unwrap();
+        let v = crate::dom::parse(&mut bytes).unwrap();
         request_units(&v, shape).into_iter().map(|u| (u.place, u.index, u.text, u.new)).collect()
     }
 

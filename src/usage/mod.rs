@@ -326,7 +326,7 @@ impl ResponseInspector {
                 if !last_usage_event.is_empty() {
                     scratch.clear();
                     scratch.extend_from_slice(&parse_event(last_usage_event).data);
-                    if let Ok(value) = simd_json::to_borrowed_value(scratch) {
+                    if let Ok(value) = crate::dom::parse(scratch) {
                         google::chunk_usage(&value, facts);
                     }
                 }
@@ -367,7 +367,7 @@ fn on_event(
     }
     scratch.clear();
     scratch.extend_from_slice(data);
-    let Ok(value) = simd_json::to_borrowed_value(scratch) else { return };
+    let Ok(value) = crate::dom::parse(scratch) else { return };
     match shape {
         Shape::Chat => openai::chat_chunk(&value, facts, caps),
         Shape::Responses => openai::responses_event(&value, facts, caps),
@@ -426,7 +426,7 @@ fn read_whole(shape: Shape, caps: Caps, facts: &mut ResponseFacts, body: &mut [u
     // which may be a cut array worth reading item by item, is parsed from a copy.
     if shape == Shape::Gemini {
         let mut copy = body.to_vec();
-        let whole = match simd_json::to_borrowed_value(&mut copy) {
+        let whole = match crate::dom::parse(&mut copy) {
             Ok(value) => {
                 read_value(shape, caps, facts, &value);
                 true
@@ -436,7 +436,7 @@ fn read_whole(shape: Shape, caps: Caps, facts: &mut ResponseFacts, body: &mut [u
         if !whole {
             read_cut(shape, caps, facts, body);
         }
-    } else if let Ok(value) = simd_json::to_borrowed_value(body) {
+    } else if let Ok(value) = crate::dom::parse(body) {
         read_value(shape, caps, facts, &value);
     }
 }
@@ -463,7 +463,7 @@ fn read_cut(shape: Shape, caps: Caps, facts: &mut ResponseFacts, body: &mut [u8]
         return;
     }
     for item in json::array_items(body) {
-        if let Ok(chunk) = simd_json::to_borrowed_value(&mut body[item]) {
+        if let Ok(chunk) = crate::dom::parse(&mut body[item]) {
             google::chunk(&chunk, facts, caps, true);
         }
     }
