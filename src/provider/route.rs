@@ -95,11 +95,9 @@ fn split_query(target: &[u8]) -> (&[u8], &[u8]) {
 /// upstream; no provider API uses them.
 fn has_dot_segment(path: &[u8]) -> bool {
     path.split(|&b| b == b'/').any(|seg| {
-        let lower = seg.to_ascii_lowercase();
-        lower == b".."
-            || lower == b"."
-            || lower.windows(3).any(|w| w == b"%2e")
-            || lower.windows(3).any(|w| w == b"%2f")
+        seg == b".."
+            || seg == b"."
+            || seg.windows(3).any(|w| w.eq_ignore_ascii_case(b"%2e") || w.eq_ignore_ascii_case(b"%2f"))
     })
 }
 
@@ -179,6 +177,10 @@ mod tests {
             "/api/proxy/openai/",
             "/api/proxy/openai/../admin",
             "/api/proxy/openai/v1/%2e%2e/x",
+            "/api/proxy/openai/v1/%2E%2E/x",
+            "/api/proxy/openai/v1/%2E./x",
+            "/api/proxy/openai/v1%2Fchat/completions",
+            "/api/proxy/openai/v1/./chat/completions",
             "/api/agents",
             "http://evil/api/proxy/openai/v1/chat/completions",
         ] {
