@@ -46,7 +46,7 @@ fn nominated<'a>(headers: &[HeaderSpan], buf: &'a [u8]) -> Vec<&'a [u8]> {
 /// end-to-end fields in their order, then `accept-encoding: identity` so that bodies arrive in a
 /// form the usage scanner can read.
 pub fn upstream_request_head(buf: &[u8], head: &RequestHead, target: &[u8], authority: &str) -> Vec<u8> {
-    let mut out = Vec::with_capacity(head.len + 64);
+    let mut out = Vec::with_capacity(head.len + authority.len() + 64);
     out.extend_from_slice(head.method(buf));
     out.push(b' ');
     out.extend_from_slice(target);
@@ -113,9 +113,10 @@ pub enum BodyFraming {
 /// The head relayed downstream: the upstream's status and end-to-end fields, the Kurral ids, and
 /// the proxy's own connection decision.
 pub fn downstream_response_head(buf: &[u8], head: &ResponseHead, add: &ResponseAdditions<'_>) -> Vec<u8> {
-    let mut out = Vec::with_capacity(head.len + 128);
+    // Room for what is added: the Kurral ids, findings, framing.
+    let mut out = Vec::with_capacity(head.len + 256);
     out.extend_from_slice(b"HTTP/1.1 ");
-    out.extend_from_slice(head.status.to_string().as_bytes());
+    push_status(&mut out, head.status);
     out.push(b' ');
     out.extend_from_slice(head.reason.get(buf));
     out.extend_from_slice(b"\r\n");
@@ -151,7 +152,7 @@ pub fn downstream_response_head(buf: &[u8], head: &ResponseHead, add: &ResponseA
 pub fn local_response(status: u16, extra: &[(&str, &str)], body: &[u8], close: bool) -> Vec<u8> {
     let mut out = Vec::with_capacity(160 + body.len());
     out.extend_from_slice(b"HTTP/1.1 ");
-    out.extend_from_slice(status.to_string().as_bytes());
+    push_status(&mut out, status);
     out.push(b' ');
     out.extend_from_slice(crate::error::reason_phrase(status).as_bytes());
     out.extend_from_slice(b"\r\ncontent-type: application/json\r\ncontent-length: ");
@@ -166,6 +167,16 @@ pub fn local_response(status: u16, extra: &[(&str, &str)], body: &[u8], close: b
     out.extend_from_slice(b"\r\n");
     out.extend_from_slice(body);
     out
+}
+
+/// A status code's three digits (httparse takes only three-digit codes).
+fn push_status(out: &mut Vec<u8>, status: u16) {
+    debug_assert!((100..1000).contains(&status));
+    out.extend_from_slice(&[
+        b'0' + (status / 100 % 10) as u8,
+        b'0' + (status / 10 % 10) as u8,
+        b'0' + (status % 10) as u8,
+    ]);
 }
 
 fn push_field(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
