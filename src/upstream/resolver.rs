@@ -19,6 +19,32 @@ use super::url::UpstreamUrl;
 const REFRESH: Duration = Duration::from_secs(30);
 /// Retry interval while a host has not resolved.
 const RETRY: Duration = Duration::from_secs(1);
+/// While a host keeps failing to resolve, the failure is logged again at most this often (the
+/// retries themselves go on every `RETRY`).
+const WARN_AGAIN: Duration = Duration::from_secs(300);
+
+/// What the log has said about one host's lookups.
+#[derive(Debug, Default)]
+struct Lookups {
+    /// When the current run of failures was last logged; None while the host resolves.
+    warned: Option<Instant>,
+}
+
+impl Lookups {
+    /// A lookup failed: whether to log it (the first failure, then every `WARN_AGAIN`).
+    fn failed(&mut self, now: Instant) -> bool {
+        let due = self.warned.is_none_or(|at| now.duration_since(at) >= WARN_AGAIN);
+        if due {
+            self.warned = Some(now);
+        }
+        due
+    }
+
+    /// A lookup found addresses: whether this ends a run of failures (worth saying once).
+    fn resolved(&mut self) -> bool {
+        self.warned.take().is_some()
+    }
+}
 
 pub struct Resolver {
     /// Indexed like the upstreams (by `Provider::index()`).
@@ -52,22 +78,34 @@ pub fn start_resolver(urls: &[UpstreamUrl], stop: Arc<AtomicBool>) -> std::io::R
     let shared = resolver.clone();
     let handle = std::thread::Builder::new().name("kurral-resolver".into()).spawn(move || {
         let mut next = Instant::now();
+        let mut lookups: Vec<Lookups> = names.iter().map(|_| Lookups::default()).collect();
         while !stop.load(Ordering::Relaxed) {
             if Instant::now() >= next {
                 let mut all_resolved = true;
-                for (i, url) in &names {
+                for ((i, url), log) in names.iter().zip(&mut lookups) {
                     match (url.host.as_str(), url.port).to_socket_addrs() {
                         Ok(found) => {
                             let found: Vec<SocketAddr> = found.collect();
                             all_resolved &= !found.is_empty();
                             if !found.is_empty() {
                                 shared.addrs[*i].store(Arc::new(found));
+                                if log.resolved() {
+                                    tracing::info!(host = %url.host, "upstream host resolves again");
+                                }
                             }
                         }
                         Err(e) => {
                             // Keep the last good addresses; a resolver hiccup is not an outage.
                             all_resolved &= !shared.addrs[*i].load().is_empty();
-                            tracing::warn!(host = %url.host, "upstream host did not resolve: {e}");
+                            if log.failed(Instant::now()) {
+                                tracing::warn!(
+                                    host = %url.host,
+                                    "upstream host did not resolve: {e} (retrying every {}s; said again in {} min \
+                                     if it still fails)",
+                                    RETRY.as_secs(),
+                                    WARN_AGAIN.as_secs() / 60
+                                );
+                            }
                         }
                     }
                 }
@@ -98,5 +136,18 @@ mod tests {
         assert!(r.addrs(1).iter().all(|a| a.port() == 10 && a.ip().is_loopback()));
         stop.store(true, Ordering::Relaxed);
         handle.join().unwrap();
+    }
+
+    #[test]
+    fn a_failing_host_is_logged_at_first_then_every_few_minutes_and_when_it_recovers() {
+        let mut log = Lookups::default();
+        let t0 = Instant::now();
+        assert!(log.failed(t0), "the first failure is said");
+        assert!(!log.failed(t0 + RETRY), "retries a second apart are not");
+        assert!(!log.failed(t0 + WARN_AGAIN - RETRY));
+        assert!(log.failed(t0 + WARN_AGAIN), "a host still failing is said again");
+        assert!(log.resolved(), "recovery ends the run of failures");
+        assert!(!log.resolved(), "and is said once");
+        assert!(log.failed(t0 + WARN_AGAIN + RETRY), "a new run of failures is said at once");
     }
 }
