@@ -638,6 +638,24 @@ mod tests {
     }
 
     #[test]
+    fn a_session_the_proxy_named_adds_up_when_the_client_sends_its_id_later() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Store::open(dir.path()).unwrap());
+        let mut w = StoreWriter::new(store.clone(), Durability::Async);
+        let mut first = record("u", "made-by-proxy", "2026-11-26T00:00:00.000Z");
+        first.session_generated = true;
+        put(&mut w, &[first]);
+        // Later batches: the summary is not in the writer's cache, so it is read back.
+        for started in ["2026-11-26T00:00:01.000Z", "2026-11-26T00:00:02.000Z"] {
+            put(&mut w, &[record("u", "made-by-proxy", started)]);
+        }
+        let s = store.session("u", "made-by-proxy").unwrap().expect("the session is stored");
+        assert_eq!(s.totals.calls, 3);
+        assert_eq!(rfc3339_ms(s.started_ms), "2026-11-26T00:00:00.000Z");
+        assert_eq!(rfc3339_ms(s.last_ms), "2026-11-26T00:00:02.000Z");
+    }
+
+    #[test]
     fn records_come_back_oldest_first_and_by_id() {
         let dir = tempfile::tempdir().unwrap();
         let records: Vec<CallRecord> = (0..5).map(|_| record("u", "s", "2026-11-26T00:00:00.000Z")).collect();
