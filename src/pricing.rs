@@ -255,8 +255,8 @@ fn write_decimal(f: &mut fmt::Formatter<'_>, value: u128, decimals: u32) -> fmt:
     debug_assert!(decimals <= 19, "the fraction must fit in a u64");
     let scale = 10u128.pow(decimals);
     let (int, frac) = (value / scale, (value % scale) as u64);
-    // u128::MAX has 39 digits; a u64 fraction at most 20.
-    let mut buf = [0u8; 39 + 1 + 20];
+    // u64::MAX has 20 digits, and so has a u64 fraction.
+    let mut buf = [0u8; 20 + 1 + 20];
     let mut at = buf.len();
     if frac != 0 {
         let mut frac = frac;
@@ -273,25 +273,17 @@ fn write_decimal(f: &mut fmt::Formatter<'_>, value: u128, decimals: u32) -> fmt:
         at -= 1;
         buf[at] = b'.';
     }
-    match u64::try_from(int) {
-        Ok(mut int) => loop {
-            at -= 1;
-            buf[at] = b'0' + (int % 10) as u8;
-            int /= 10;
-            if int == 0 {
-                break;
-            }
-        },
-        Err(_) => {
-            let mut int = int;
-            loop {
-                at -= 1;
-                buf[at] = b'0' + (int % 10) as u8;
-                int /= 10;
-                if int == 0 {
-                    break;
-                }
-            }
+    let Ok(mut int) = u64::try_from(int) else {
+        // An integer part past u64 (over 1.8e19 USD) is never a real price or sum: the slow path.
+        write!(f, "{int}")?;
+        return f.write_str(std::str::from_utf8(&buf[at..]).expect("ASCII digits"));
+    };
+    loop {
+        at -= 1;
+        buf[at] = b'0' + (int % 10) as u8;
+        int /= 10;
+        if int == 0 {
+            break;
         }
     }
     f.write_str(std::str::from_utf8(&buf[at..]).expect("ASCII digits"))
