@@ -654,6 +654,8 @@ mod tests {
         assert_eq!(s.totals.calls, 3);
         assert_eq!(rfc3339_ms(s.started_ms), "2026-11-26T00:00:00.000Z");
         assert_eq!(rfc3339_ms(s.last_ms), "2026-11-26T00:00:02.000Z");
+        let agent = &store.agents("u").unwrap()[0];
+        assert_eq!((agent.sessions, agent.totals.calls), (1, 3), "one session, counted once");
     }
 
     #[test]
