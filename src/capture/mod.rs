@@ -6,9 +6,12 @@
 //!   writer thread that batches records into a `RecordSink`.
 //! - `layout`: the store's column families and keys (per user), values versioned.
 //! - `summary`: per-session and per-agent aggregates the writer keeps up to date.
+//! - `batch`: a RocksDB write batch handed over in key order (feature `store`).
 //! - `store`: the RocksDB sink and the queries of the read API and the CLI (feature `store`).
 //! - `findings`: the security findings of a user's calls, for `findings list` (feature `store`).
 
+#[cfg(feature = "store")]
+mod batch;
 pub mod content;
 #[cfg(feature = "store")]
 pub mod findings;

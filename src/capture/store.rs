@@ -19,6 +19,7 @@ use rocksdb::{
     WriteOptions, DB,
 };
 
+use super::batch::SortedBatch;
 use super::layout::*;
 use super::record::{CallRecord, Encoded, Env};
 use super::summary::{self, AgentSummary, SessionSummary};
@@ -112,6 +113,18 @@ impl Store {
         self.db.cf_handle(name)
     }
 
+    /// A family of this layout (the store opens every one).
+    pub(super) fn family(&self, name: &str) -> &ColumnFamily {
+        self.cf(name).expect("the store opened every family")
+    }
+
+    /// Writes a batch; `Sync` fsyncs the WAL before returning.
+    pub(super) fn write(&self, batch: WriteBatch, durability: Durability) -> Result<(), String> {
+        let mut wo = WriteOptions::default();
+        wo.set_sync(durability == Durability::Sync);
+        self.db.write_opt(batch, &wo).map_err(err)
+    }
+
     /// Makes everything written so far durable.
     pub fn sync(&self) -> Result<(), rocksdb::Error> {
         self.db.flush_wal(true)
@@ -181,7 +194,7 @@ impl Store {
         self.db.multi_get_cf(keys.iter().map(|k| (handle, k))).into_iter().map(|r| r.map_err(err)).collect()
     }
 
-    fn get(&self, cf: &str, key: &[u8]) -> Result<Option<Vec<u8>>, String> {
+    pub(super) fn get(&self, cf: &str, key: &[u8]) -> Result<Option<Vec<u8>>, String> {
         match self.cf(cf) {
             Some(handle) => self.db.get_cf(handle, key).map_err(err),
             None => Ok(None),
@@ -426,9 +439,7 @@ impl StoreWriter {
             }
         }
         if let Some((last, _)) = expired.last() {
-            let mut wo = WriteOptions::default();
-            wo.set_sync(self.durability == Durability::Sync);
-            db.write_opt(batch, &wo).map_err(err)?;
+            self.store.write(batch, self.durability)?;
             self.expired_to = Some(last.clone());
         }
         // Caught up: look again later. Behind: continue at the next tick.
@@ -489,11 +500,6 @@ impl TimeGroup {
 /// hash must resist chosen collisions, and std's SipHash was a visible share of the writer's time.
 type Map<V> = HashMap<Vec<u8>, V, ahash::RandomState>;
 
-/// Bytes a record adds to a write batch beside its encoding, rounded up: its keys, index entries,
-/// session summary and the batch's framing (about 580 for a call that starts a session, in the
-/// capture bench). An estimate short of the batch makes RocksDB regrow and copy it.
-const BATCH_BYTES_PER_RECORD: usize = 1024;
-
 /// The aggregates as last written, by key. Only the writer thread touches it.
 #[derive(Default)]
 struct WriteState {
@@ -532,20 +538,18 @@ impl WriteState {
     /// Writes `records` and everything they change in one batch. The cache is updated only
     /// once the batch is written, so a failed write (retried by the writer) counts nothing twice.
     fn write(&mut self, store: &Store, records: &[Encoded], durability: Durability) -> Result<(), String> {
-        let handle = |name| store.cf(name).expect("the store opened every family");
-        // Sized up front, so that RocksDB does not grow (and copy) the batch while it is built.
-        let size: usize = records.iter().map(|r| r.bytes.len() + BATCH_BYTES_PER_RECORD).sum();
-        let mut batch = WriteBatch::with_capacity_bytes(size);
+        let mut batch = SortedBatch::with_capacity(records.len());
         // Each session of the batch, and whether to keep it in the cache afterwards.
         let mut sessions: Map<(SessionSummary, bool)> = Map::default();
         let mut agents: Map<AgentSummary> = Map::default();
-        let mut seen: HashSet<Vec<u8>, ahash::RandomState> = HashSet::default();
+        // The calls of this batch, by user and id.
+        let mut seen: HashSet<(&str, &str), ahash::RandomState> = HashSet::default();
         let mut by_time: Vec<TimeGroup> = Vec::new();
         for r in records {
             let call_key = call_key(&r.user, &r.id);
             // Ids are the proxy's own and unique: a record can be in the store already only if
             // an earlier attempt at this batch failed after RocksDB applied it.
-            if seen.contains(&call_key) || (self.retrying && Self::recorded(store, &call_key)?) {
+            if !seen.insert((&r.user, &r.id)) || (self.retrying && Self::recorded(store, &call_key)?) {
                 // Only a resent record can get here; counting it again would double the sums.
                 tracing::warn!(id = %r.id, "a call already recorded was sent again; kept once");
                 continue;
@@ -569,10 +573,10 @@ impl WriteState {
                     let prefix = agent_sessions_prefix(&r.user, &session.agent, tag);
                     if !new_session {
                         let old = agent_sessions_position(session.started_ms, &session.session_id);
-                        batch.delete_cf(handle(CF_AGENT_SESSIONS), [prefix.as_slice(), &old].concat());
+                        batch.delete(CF_AGENT_SESSIONS, [prefix.as_slice(), &old].concat());
                     }
                     let position = agent_sessions_position(ms.min(session.started_ms), &session.session_id);
-                    batch.put_cf(handle(CF_AGENT_SESSIONS), [prefix.as_slice(), &position].concat(), []);
+                    batch.put(CF_AGENT_SESSIONS, [prefix.as_slice(), &position].concat(), &[][..]);
                 }
             }
             session.add(ms, c);
@@ -587,28 +591,25 @@ impl WriteState {
             agent.add(ms, new_session, c);
             agents.insert(agent_key, agent);
 
-            batch.put_cf(handle(CF_CALL), &call_key, &r.bytes);
             let index = [session_calls_prefix(&r.user, &r.session_id), session_calls_position(ms, &r.id)].concat();
-            batch.put_cf(handle(CF_SESSION_CALLS), index, []);
+            batch.put(CF_SESSION_CALLS, index, &[][..]);
             let minute = ms / BY_TIME_GROUP_MS;
             match by_time.iter_mut().find(|g| g.minute == minute) {
                 Some(group) => group.add(ms, &call_key),
                 None => by_time.push(TimeGroup::new(minute, ms, &call_key)),
             }
-            seen.insert(call_key);
+            batch.put(CF_CALL, call_key, &r.bytes[..]);
         }
-        for g in &by_time {
-            batch.put_cf(handle(CF_BY_TIME), by_time_key(g.latest, &g.latest_call), &g.calls);
+        for g in by_time {
+            batch.put(CF_BY_TIME, by_time_key(g.latest, &g.latest_call), g.calls);
         }
         for (k, (s, _)) in &sessions {
-            batch.put_cf(handle(CF_SESSION), k, summary::encode(s));
+            batch.put(CF_SESSION, k.clone(), summary::encode(s));
         }
         for (k, a) in &agents {
-            batch.put_cf(handle(CF_AGENT), k, summary::encode(a));
+            batch.put(CF_AGENT, k.clone(), summary::encode(a));
         }
-        let mut wo = WriteOptions::default();
-        wo.set_sync(durability == Durability::Sync);
-        store.db.write_opt(batch, &wo).map_err(err)?;
+        store.write(batch.into_write_batch(store), durability)?;
         if self.sessions.len() + sessions.len() > CACHE_ENTRIES {
             self.sessions.clear();
         }
