@@ -33,7 +33,6 @@
 //!
 //! Record and summary values are versioned: a version byte, then JSON.
 
-use std::borrow::Cow;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use super::record::{CallRecord, Env};
@@ -82,22 +81,45 @@ pub fn split_user(key: &[u8]) -> Option<(&str, &[u8])> {
 }
 
 /// An id as stored in keys: its 16 UUID bytes, or its bytes when it is not a UUID.
-pub fn id_bytes(id: &str) -> Cow<'_, [u8]> {
+pub fn id_bytes(id: &str) -> IdBytes<'_> {
     match uuid::Uuid::try_parse(id) {
-        Ok(u) => Cow::Owned(u.as_bytes().to_vec()),
-        Err(_) => Cow::Borrowed(id.as_bytes()),
+        Ok(u) => IdBytes::Uuid(u.into_bytes()),
+        Err(_) => IdBytes::Text(id.as_bytes()),
+    }
+}
+
+/// `id_bytes`' answer, without an allocation. Compare ids as byte strings (through `Deref`), as
+/// keys order them.
+#[derive(Debug, Clone, Copy)]
+pub enum IdBytes<'a> {
+    Uuid([u8; 16]),
+    Text(&'a [u8]),
+}
+
+impl std::ops::Deref for IdBytes<'_> {
+    type Target = [u8];
+
+    fn deref(&self) -> &[u8] {
+        match self {
+            IdBytes::Uuid(b) => b,
+            IdBytes::Text(t) => t,
+        }
     }
 }
 
 pub fn call_key(user: &str, call_id: &str) -> Vec<u8> {
-    let mut k = user_prefix(user);
-    k.extend_from_slice(&id_bytes(call_id));
-    k
+    id_key(user, &id_bytes(call_id))
 }
 
 pub fn session_key(user: &str, session_id: &str) -> Vec<u8> {
-    let mut k = user_prefix(user);
-    k.extend_from_slice(&id_bytes(session_id));
+    id_key(user, &id_bytes(session_id))
+}
+
+/// A `call` or `session` key from the id as stored (`id_bytes`).
+pub fn id_key(user: &str, id: &[u8]) -> Vec<u8> {
+    let mut k = Vec::with_capacity(4 + user.len() + id.len());
+    push_part(&mut k, user.as_bytes());
+    k.extend_from_slice(id);
     k
 }
 
@@ -123,6 +145,18 @@ pub fn agent_sessions_position(started_ms: u64, session_id: &str) -> Vec<u8> {
     k
 }
 
+/// A whole `agent_sessions` key (`agent_sessions_prefix` then the position), the session id as
+/// stored (`id_bytes`).
+pub fn agent_sessions_key(user: &str, agent: &str, tag: u8, started_ms: u64, session_id: &[u8]) -> Vec<u8> {
+    let mut k = Vec::with_capacity(4 + user.len() + 4 + agent.len() + 1 + 8 + session_id.len());
+    push_part(&mut k, user.as_bytes());
+    push_part(&mut k, agent.as_bytes());
+    k.push(tag);
+    k.extend_from_slice(&(!started_ms).to_be_bytes());
+    k.extend_from_slice(session_id);
+    k
+}
+
 /// The session id bytes in an `agent_sessions` position (the part after the time).
 pub fn position_session(position: &[u8]) -> Option<&[u8]> {
     position.get(8..).filter(|s| !s.is_empty())
@@ -138,6 +172,17 @@ pub fn session_calls_prefix(user: &str, session_id: &str) -> Vec<u8> {
 pub fn session_calls_position(started_ms: u64, call_id: &str) -> Vec<u8> {
     let mut k = started_ms.to_be_bytes().to_vec();
     k.extend_from_slice(&id_bytes(call_id));
+    k
+}
+
+/// A whole `session_calls` key (`session_calls_prefix` then the position), ids as stored
+/// (`id_bytes`).
+pub fn session_calls_key(user: &str, session_id: &[u8], started_ms: u64, call_id: &[u8]) -> Vec<u8> {
+    let mut k = Vec::with_capacity(4 + user.len() + 4 + session_id.len() + 8 + call_id.len());
+    push_part(&mut k, user.as_bytes());
+    push_part(&mut k, session_id);
+    k.extend_from_slice(&started_ms.to_be_bytes());
+    k.extend_from_slice(call_id);
     k
 }
 
@@ -258,6 +303,20 @@ mod tests {
         assert_eq!(id_bytes(sid).len(), 16);
         assert_eq!(&*id_bytes("s-1"), b"s-1");
         assert_eq!(position_session(&agent_sessions_position(5, sid)).unwrap(), &*id_bytes(sid));
+    }
+
+    #[test]
+    fn whole_keys_are_their_prefix_then_their_position() {
+        let (sid, cid) = ("0192f3c4-5d6e-7f80-9a1b-2c3d4e5f6a7b", "not-a-uuid");
+        assert_eq!(
+            agent_sessions_key("u", "agent", 2, 77, &id_bytes(sid)),
+            [agent_sessions_prefix("u", "agent", 2), agent_sessions_position(77, sid)].concat()
+        );
+        assert_eq!(
+            session_calls_key("u", &id_bytes(sid), 77, &id_bytes(cid)),
+            [session_calls_prefix("u", sid), session_calls_position(77, cid)].concat()
+        );
+        assert_eq!(id_key("u", &id_bytes(sid)), session_key("u", sid));
     }
 
     #[test]

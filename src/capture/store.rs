@@ -220,7 +220,7 @@ impl Store {
         if let Some(e) = failure {
             return Err(e);
         }
-        out.sort_by(|a, b| id_bytes(&a.id).cmp(&id_bytes(&b.id)));
+        out.sort_by(|a, b| id_bytes(&a.id)[..].cmp(&id_bytes(&b.id)[..]));
         Ok(out)
     }
 
@@ -427,11 +427,8 @@ impl StoreWriter {
                         // The session and agent totals keep counting it: they are history, not a
                         // view of what is still stored.
                         batch.delete_cf(handle(CF_CALL), call_key);
-                        let index = [
-                            session_calls_prefix(&record.user, &record.session_id),
-                            session_calls_position(ms, &record.id),
-                        ]
-                        .concat();
+                        let index =
+                            session_calls_key(&record.user, &id_bytes(&record.session_id), ms, &id_bytes(&record.id));
                         batch.delete_cf(handle(CF_SESSION_CALLS), index);
                     }
                 }
@@ -546,7 +543,9 @@ impl WriteState {
         let mut seen: HashSet<(&str, &str), ahash::RandomState> = HashSet::default();
         let mut by_time: Vec<TimeGroup> = Vec::new();
         for r in records {
-            let call_key = call_key(&r.user, &r.id);
+            // Ids as keys hold them (UUIDs as 16 bytes), parsed once for the record's keys.
+            let (call_id, session_id) = (id_bytes(&r.id), id_bytes(&r.session_id));
+            let call_key = id_key(&r.user, &call_id);
             // Ids are the proxy's own and unique: a record can be in the store already only if
             // an earlier attempt at this batch failed after RocksDB applied it.
             if !seen.insert((&r.user, &r.id)) || (self.retrying && Self::recorded(store, &call_key)?) {
@@ -556,7 +555,7 @@ impl WriteState {
             }
             let (ms, c) = (r.started_ms, &r.contribution);
 
-            let session_key = session_key(&r.user, &r.session_id);
+            let session_key = id_key(&r.user, &session_id);
             let (previous, cache) = match sessions.remove(&session_key) {
                 Some((s, cache)) => (Some(s), cache),
                 // A session id the proxy made for this call cannot be stored yet: no lookup.
@@ -570,13 +569,11 @@ impl WriteState {
             if new_session || ms < session.started_ms {
                 // The session's place in its agent's lists is its start: (re)index it.
                 for tag in [ANY_ENV, env_tag(session.env)] {
-                    let prefix = agent_sessions_prefix(&r.user, &session.agent, tag);
+                    let entry = |started| agent_sessions_key(&r.user, &session.agent, tag, started, &session_id);
                     if !new_session {
-                        let old = agent_sessions_position(session.started_ms, &session.session_id);
-                        batch.delete(CF_AGENT_SESSIONS, [prefix.as_slice(), &old].concat());
+                        batch.delete(CF_AGENT_SESSIONS, entry(session.started_ms));
                     }
-                    let position = agent_sessions_position(ms.min(session.started_ms), &session.session_id);
-                    batch.put(CF_AGENT_SESSIONS, [prefix.as_slice(), &position].concat(), &[][..]);
+                    batch.put(CF_AGENT_SESSIONS, entry(ms.min(session.started_ms)), &[][..]);
                 }
             }
             session.add(ms, c);
@@ -591,8 +588,7 @@ impl WriteState {
             agent.add(ms, new_session, c);
             agents.insert(agent_key, agent);
 
-            let index = [session_calls_prefix(&r.user, &r.session_id), session_calls_position(ms, &r.id)].concat();
-            batch.put(CF_SESSION_CALLS, index, &[][..]);
+            batch.put(CF_SESSION_CALLS, session_calls_key(&r.user, &session_id, ms, &call_id), &[][..]);
             let minute = ms / BY_TIME_GROUP_MS;
             match by_time.iter_mut().find(|g| g.minute == minute) {
                 Some(group) => group.add(ms, &call_key),
