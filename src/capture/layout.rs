@@ -31,7 +31,8 @@
 //!   stores written before hold, stands for the one call its key names. Retention removes a group
 //!   once its latest start has expired, so a call can outlive its expiry by up to a minute.
 //!
-//! Record and summary values are versioned: a version byte, then JSON.
+//! Record and summary values are versioned: a version byte, then the encoding (records: see
+//! `record`; summaries: JSON).
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
