@@ -199,14 +199,56 @@ impl FromStr for Usd {
 
 impl Serialize for Usd {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.collect_str(self)
+        // The exact decimal, written on the stack: a serializer's own `collect_str` may allocate
+        // a String for it (MessagePack's does), six times per record.
+        let mut text = DecimalText { buf: [0; DecimalText::CAPACITY], len: 0 };
+        fmt::Write::write_fmt(&mut text, format_args!("{self}")).map_err(serde::ser::Error::custom)?;
+        serializer.serialize_str(text.as_str())
+    }
+}
+
+/// A decimal's text, on the stack: a u128 has 39 digits, a point and a fraction at most.
+struct DecimalText {
+    buf: [u8; DecimalText::CAPACITY],
+    len: usize,
+}
+
+impl DecimalText {
+    const CAPACITY: usize = 48;
+
+    fn as_str(&self) -> &str {
+        // Only `write_str`, which appends whole `str`s, fills it.
+        std::str::from_utf8(&self.buf[..self.len]).unwrap_or_default()
+    }
+}
+
+impl fmt::Write for DecimalText {
+    fn write_str(&mut self, s: &str) -> fmt::Result {
+        let end = self.len + s.len();
+        self.buf.get_mut(self.len..end).ok_or(fmt::Error)?.copy_from_slice(s.as_bytes());
+        self.len = end;
+        Ok(())
     }
 }
 
 impl<'de> Deserialize<'de> for Usd {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Usd, D::Error> {
-        let s = String::deserialize(deserializer)?;
-        s.parse().map_err(de::Error::custom)
+        deserializer.deserialize_str(UsdText)
+    }
+}
+
+/// Reads a `Usd` from its decimal text, borrowed or not, without copying it.
+struct UsdText;
+
+impl Visitor<'_> for UsdText {
+    type Value = Usd;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a USD amount as a decimal string")
+    }
+
+    fn visit_str<E: de::Error>(self, s: &str) -> Result<Usd, E> {
+        s.parse().map_err(E::custom)
     }
 }
 
@@ -819,6 +861,20 @@ mod tests {
         }
         assert_eq!(Usd(1).to_string(), "0.000000000000001");
         assert_eq!(Usd(25 * 10u128.pow(USD_DECIMALS - 3)).to_string(), "0.025");
+    }
+
+    #[test]
+    fn usd_amounts_round_trip_as_exact_decimal_strings() {
+        for v in [0, 1, 25 * 10u128.pow(USD_DECIMALS - 3), u64::MAX as u128 + 7, u128::MAX] {
+            let usd = Usd(v);
+            let json = serde_json::to_string(&usd).unwrap();
+            assert_eq!(json, format!("\"{usd}\""));
+            assert_eq!(serde_json::from_str::<Usd>(&json).unwrap(), usd);
+            let packed = rmp_serde::to_vec(&usd).unwrap();
+            assert_eq!(rmp_serde::from_slice::<Usd>(&packed).unwrap(), usd);
+        }
+        assert!(serde_json::from_str::<Usd>("\"-1\"").is_err());
+        assert!(serde_json::from_str::<Usd>("1").is_err(), "a number, not the exact string");
     }
 
     #[test]
