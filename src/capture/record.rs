@@ -160,10 +160,9 @@ pub struct CallRecord {
     pub scan_incomplete: bool,
 }
 
-/// Fields of `CallRecord`: the length of its positional encoding.
-const FIELDS: usize = 36;
-
 impl Serialize for CallRecord {
+    // A field named in the pattern below but not serialized is an unused binding: refused.
+    #[deny(unused_variables)]
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         // Every field named here, so that a field added to the struct and not here fails to build.
         let CallRecord {
@@ -204,30 +203,32 @@ impl Serialize for CallRecord {
             findings_dropped,
             scan_incomplete,
         } = self;
-        // JSON leaves out what `omit` says; the positional encoding writes every field.
+        // JSON leaves out a field marked `omit if` when that holds; the positional encoding
+        // writes every field, and its array's length is the number of fields listed.
         let readable = s.is_human_readable();
-        let mut st = s.serialize_struct("CallRecord", FIELDS)?;
         macro_rules! fields {
-            ($($f:ident),*) => { $( st.serialize_field(stringify!($f), $f)?; )* };
+            ($($f:ident $(omit if $empty:expr)?),* $(,)?) => {{
+                let mut st = s.serialize_struct("CallRecord", [$(stringify!($f)),*].len())?;
+                $(
+                    if false $(|| (readable && $empty))? {
+                        st.skip_field(stringify!($f))?;
+                    } else {
+                        st.serialize_field(stringify!($f), $f)?;
+                    }
+                )*
+                st.end()
+            }};
         }
-        macro_rules! omit {
-            ($f:ident, $empty:expr) => {
-                if readable && $empty {
-                    st.skip_field(stringify!($f))?;
-                } else {
-                    st.serialize_field(stringify!($f), $f)?;
-                }
-            };
-        }
-        fields!(id, session_id, user, key_id, agent, env, provider, endpoint, model, stream, status, upstream_status);
-        fields!(outcome, error, started_at, latency_ms, ttfb_ms, ttft_ms, retention, request_bytes, response_bytes);
-        fields!(response_model, usage, usage_raw, cost_usd, cost, unpriced_model, proxy_overhead_ms);
-        omit!(session_generated, !session_generated);
-        fields!(stream_usage_added, request, response, tools);
-        omit!(findings, findings.is_empty());
-        omit!(findings_dropped, *findings_dropped == 0);
-        omit!(scan_incomplete, !scan_incomplete);
-        st.end()
+        fields!(
+            id, session_id, user, key_id, agent, env, provider, endpoint, model, stream, status, upstream_status,
+            outcome, error, started_at, latency_ms, ttfb_ms, ttft_ms, retention, request_bytes, response_bytes,
+            response_model, usage, usage_raw, cost_usd, cost, unpriced_model, proxy_overhead_ms,
+            session_generated omit if !session_generated,
+            stream_usage_added, request, response, tools,
+            findings omit if findings.is_empty(),
+            findings_dropped omit if *findings_dropped == 0,
+            scan_incomplete omit if !scan_incomplete,
+        )
     }
 }
 
@@ -425,10 +426,11 @@ mod tests {
     fn a_compact_record_from_before_a_field_was_added_reads_with_its_default() {
         // The last field, `scan_incomplete` (false: one byte), removed as if it did not exist yet.
         let bytes = sample("a").encode();
-        assert_eq!(&bytes[1..4], &[0xdc, 0, FIELDS as u8], "an array of every field");
+        assert_eq!(&bytes[1..3], &[0xdc, 0], "an array (16-bit length) of the fields");
+        assert_eq!(bytes[3], 36, "every field of the record, none left out");
         assert_eq!(bytes.last(), Some(&0xc2));
         let mut shorter = bytes[..bytes.len() - 1].to_vec();
-        shorter[3] = FIELDS as u8 - 1;
+        shorter[3] -= 1;
         assert_eq!(CallRecord::decode(&shorter).unwrap(), sample("a"));
     }
 
