@@ -281,7 +281,8 @@ fn upstream_down_is_502_and_slow_upstream_is_504() {
         c.limits.request_timeout = Duration::from_secs(1);
     });
     let fields = proxy.kurral("bot");
-    let r = send(proxy.addr, &request("POST", MESSAGES, &fields, b"{}"));
+    let body = br#"{"model":"claude-sonnet-4-5","max_tokens":16,"messages":[{"role":"user","content":"hi"}]}"#;
+    let r = send(proxy.addr, &request("POST", MESSAGES, &fields, body));
     assert_eq!(r.status, 502);
     assert_eq!(r.json()["error"]["type"], "upstream_error");
     assert!(r.header("x-kurral-request-id").is_some());
@@ -294,6 +295,10 @@ fn upstream_down_is_502_and_slow_upstream_is_504() {
     let records = proxy.stop_and_records();
     let got: Vec<(u16, Outcome)> = records.iter().map(|r| (r.status, r.outcome)).collect();
     assert_eq!(got, vec![(502, Outcome::UpstreamError), (504, Outcome::Timeout)]);
+    // The upstream never saw the request, but the record still says what was asked.
+    assert_eq!(records[0].model.as_deref(), Some("claude-sonnet-4-5"));
+    assert_eq!(records[0].request_bytes, body.len() as u64);
+    assert_eq!(records[1].model.as_deref(), Some("gpt-4o-mini"));
 }
 
 #[test]

@@ -305,7 +305,13 @@ async fn proxy_call(
     } else {
         None
     };
-    let (mut upstream, reused) = checkout(w, plan.provider, call, deadline).await?;
+    let (mut upstream, reused) = match checkout(w, plan.provider, call, deadline).await {
+        Ok(up) => up,
+        Err(failure) => {
+            inspect_buffered_body(w, client, plan, call);
+            return Err(failure);
+        }
+    };
     tracing::debug!(id = %call.id, reused, "upstream ready");
     send_continue(w, client, plan, call).await?;
     let sent = forward_request(w, client, plan, call, &mut upstream, reused, deadline, received).await;
@@ -455,6 +461,21 @@ async fn receive_body(
         }
     }
     Ok(Received { decoder, out, body })
+}
+
+/// When the upstream cannot be reached, the record still says what was asked (model, content,
+/// findings) if the whole body came with the head, as a small request's does. Nothing more is
+/// read from the client: the connection closes after the error.
+fn inspect_buffered_body(w: &Worker, client: &ClientConn, plan: &CallPlan, call: &mut CallState) {
+    if call.inspected {
+        return;
+    }
+    let max_body = w.shared.config.limits.max_body_bytes;
+    let mut decoder = BodyDecoder::new(plan.framing, max_body);
+    let mut body = Vec::new();
+    if decode_request_body(&mut decoder, client.data(), &mut body, max_body).is_ok() && decoder.is_done() {
+        inspect_body(w, plan, call, body);
+    }
 }
 
 /// Reads what the request body says (model, stream, content, tools) and scans it, from the
