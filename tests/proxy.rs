@@ -509,4 +509,5 @@ fn a_pooled_connection_that_dies_unanswered_is_retried_once_on_a_fresh_one() {
     assert_eq!(raw.accepted(), 2, "the second call went out again on a new connection");
     let records = proxy.stop_and_records();
     assert!(records.iter().all(|r| r.outcome == Outcome::Ok), "{records:?}");
+    assert!(records.iter().all(|r| r.model.as_deref() == Some("gpt-4o-mini")), "the resent call is inspected too");
 }

@@ -533,6 +533,11 @@ async fn forward_request(
     let (written, out) = upstream.write_all(out).await;
     let mut replay = (reused && out.len() <= REPLAY_MAX).then_some(out);
     if written.is_err() {
+        // The call may go out again on a fresh connection (`replay`) or end here; either way
+        // its record says what was asked when the whole body is in hand.
+        if decoder.is_done() && !call.inspected {
+            inspect_body(w, plan, call, body);
+        }
         return Err(ForwardError::Upstream(replay.filter(|_| decoder.is_done())));
     }
     while !decoder.is_done() {
