@@ -6,10 +6,18 @@
 //! inspection and response reading parse on every call, so the worker keeps one set and reuses
 //! it. Bodies past `REUSE_MAX` get their own buffers, so that one large body does not leave its
 //! buffers held by the thread.
+//!
+//! Input nested deeper than `MAX_DEPTH` is refused before it is parsed: building the DOM, walking
+//! it and dropping it each recurse once per level, and a body of a few hundred KB of `[` would
+//! overflow a worker's stack and abort the process. A refused body is relayed as usual; it is
+//! only not inspected, like any body that is not JSON.
 
 use std::cell::RefCell;
 
-use simd_json::{BorrowedValue, Buffers};
+use simd_json::{BorrowedValue, Buffers, ErrorType};
+
+/// Deepest nesting of arrays and objects parsed (serde_json's own limit is the same).
+pub const MAX_DEPTH: usize = 128;
 
 /// Largest input parsed with the thread's kept buffers.
 const REUSE_MAX: usize = 64 * 1024;
@@ -20,6 +28,9 @@ thread_local! {
 
 /// Parses `bytes` in place (simd-json unescapes strings into the input) into a DOM borrowing it.
 pub fn parse(bytes: &mut [u8]) -> simd_json::Result<BorrowedValue<'_>> {
+    if too_deep(bytes) {
+        return Err(simd_json::Error::generic(ErrorType::Serde(format!("nested deeper than {MAX_DEPTH} levels"))));
+    }
     if bytes.len() > REUSE_MAX {
         return simd_json::to_borrowed_value(bytes);
     }
@@ -28,6 +39,49 @@ pub fn parse(bytes: &mut [u8]) -> simd_json::Result<BorrowedValue<'_>> {
         // Only a parse started while another is running on this thread (none does today).
         Err(_) => simd_json::to_borrowed_value(bytes),
     })
+}
+
+/// Whether arrays and objects in `bytes` nest deeper than `MAX_DEPTH` (brackets inside strings
+/// do not count). Input that is not JSON may pass; the parser refuses it.
+fn too_deep(bytes: &[u8]) -> bool {
+    // Without more opening brackets than the limit nothing can nest past it: the common case,
+    // counted with SIMD and no walk.
+    if memchr::memchr2_iter(b'[', b'{', bytes).count() <= MAX_DEPTH {
+        return false;
+    }
+    let (mut depth, mut i) = (0usize, 0);
+    while i < bytes.len() {
+        match bytes[i] {
+            b'"' => {
+                // To the closing quote, over escapes: a string's text is most of a body.
+                i += 1;
+                loop {
+                    match memchr::memchr2(b'"', b'\\', &bytes[i..]) {
+                        Some(k) if bytes[i + k] == b'\\' => i += k + 2,
+                        Some(k) => {
+                            i += k + 1;
+                            break;
+                        }
+                        None => return false,
+                    }
+                    if i >= bytes.len() {
+                        return false;
+                    }
+                }
+                continue;
+            }
+            b'[' | b'{' => {
+                depth += 1;
+                if depth > MAX_DEPTH {
+                    return true;
+                }
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+        i += 1;
+    }
+    false
 }
 
 #[cfg(test)]
@@ -49,5 +103,32 @@ mod tests {
         assert!(parse(&mut b"[1,2".to_vec()).is_err());
         let mut after_error = br#"[true]"#.to_vec();
         assert_eq!(parse(&mut after_error).unwrap().as_array().map(Vec::len), Some(1));
+    }
+
+    /// `[` nested `n` deep around `inner`.
+    fn nested(n: usize, inner: &str) -> Vec<u8> {
+        format!("{}{inner}{}", "[".repeat(n), "]".repeat(n)).into_bytes()
+    }
+
+    #[test]
+    fn nesting_past_the_limit_is_refused_before_it_is_parsed() {
+        assert!(parse(&mut nested(MAX_DEPTH, "1")).is_ok());
+        assert!(parse(&mut nested(MAX_DEPTH + 1, "1")).is_err());
+        let mut objects = format!("{}1{}", r#"{"a":"#.repeat(MAX_DEPTH + 1), "}".repeat(MAX_DEPTH + 1)).into_bytes();
+        assert!(parse(&mut objects).is_err());
+        // Many brackets side by side are not deep.
+        let mut wide = format!("[{}]", vec!["[1]"; 10 * MAX_DEPTH].join(",")).into_bytes();
+        assert_eq!(parse(&mut wide).unwrap().as_array().map(Vec::len), Some(10 * MAX_DEPTH));
+        // Brackets inside strings, escaped quotes included, are text.
+        let text = format!(r#"["{}\"{}", "\\", {{"k": "[[["}}]"#, "[".repeat(500), "{".repeat(500));
+        assert!(parse(&mut text.into_bytes()).is_ok());
+        // A body that would overflow the stack of a worker thread (2 MiB) is refused, not a crash.
+        let refused = std::thread::Builder::new()
+            .stack_size(2 << 20)
+            .spawn(|| parse(&mut nested(1_000_000, "1")).is_err())
+            .unwrap()
+            .join()
+            .unwrap();
+        assert!(refused);
     }
 }

@@ -511,3 +511,26 @@ fn a_pooled_connection_that_dies_unanswered_is_retried_once_on_a_fresh_one() {
     assert!(records.iter().all(|r| r.outcome == Outcome::Ok), "{records:?}");
     assert!(records.iter().all(|r| r.model.as_deref() == Some("gpt-4o-mini")), "the resent call is inspected too");
 }
+
+#[test]
+fn a_body_nested_past_the_parse_limit_is_relayed_and_the_proxy_stays_up() {
+    // 200,000 levels of `[` in a tool's schema: parsed, it would overflow the worker's stack.
+    let mock = MockUpstream::start_plain();
+    let mut proxy = Proxy::start(&mock, |_| {});
+    let fields = proxy.kurral("bot");
+    let depth = 200_000;
+    let body = format!(
+        r#"{{"model":"gpt-4o-mini","messages":[{{"role":"user","content":"hi"}}],"tools":[{{"type":"function","function":{{"name":"f","parameters":{}0{}}}}}]}}"#,
+        "[".repeat(depth),
+        "]".repeat(depth)
+    );
+    let r = send(proxy.addr, &request("POST", CHAT, &fields, body.as_bytes()));
+    assert_eq!(r.status, 200, "relayed as it came");
+    let r = send(proxy.addr, &request("POST", CHAT, &fields, CHAT_BODY.as_bytes()));
+    assert_eq!(r.status, 200, "the proxy still serves");
+    let records = proxy.stop_and_records();
+    assert_eq!(records.len(), 2, "both calls recorded");
+    assert_eq!(records[0].request_bytes, body.len() as u64);
+    assert_eq!(records[0].model, None, "not inspected: too deep to parse");
+    assert_eq!(records[1].model.as_deref(), Some("gpt-4o-mini"));
+}
