@@ -69,7 +69,12 @@ fn push_part(key: &mut Vec<u8>, bytes: &[u8]) {
 
 /// A user's prefix: every key of that user starts with it.
 pub fn user_prefix(user: &str) -> Vec<u8> {
-    let mut k = Vec::with_capacity(4 + user.len() + 40);
+    user_key(user, 40)
+}
+
+/// The user's prefix, with room for `rest` more bytes.
+fn user_key(user: &str, rest: usize) -> Vec<u8> {
+    let mut k = Vec::with_capacity(4 + user.len() + rest);
     push_part(&mut k, user.as_bytes());
     k
 }
@@ -118,8 +123,7 @@ pub fn session_key(user: &str, session_id: &str) -> Vec<u8> {
 
 /// A `call` or `session` key from the id as stored (`id_bytes`).
 pub fn id_key(user: &str, id: &[u8]) -> Vec<u8> {
-    let mut k = Vec::with_capacity(4 + user.len() + id.len());
-    push_part(&mut k, user.as_bytes());
+    let mut k = user_key(user, id.len());
     k.extend_from_slice(id);
     k
 }
@@ -131,28 +135,19 @@ pub fn agent_key(user: &str, agent: &str) -> Vec<u8> {
 }
 
 /// The range of one agent's sessions under one env tag; entries continue with
-/// `!started_ms ‖ session id`.
+/// `!started_ms ‖ session id` (the position).
 pub fn agent_sessions_prefix(user: &str, agent: &str, tag: u8) -> Vec<u8> {
-    let mut k = user_prefix(user);
+    // Room for a position: most keys built here get one (`agent_sessions_key`).
+    let mut k = user_key(user, 4 + agent.len() + 1 + 8 + 16);
     push_part(&mut k, agent.as_bytes());
     k.push(tag);
     k
 }
 
-/// The position of a session in an agent's list: what follows `agent_sessions_prefix`.
-pub fn agent_sessions_position(started_ms: u64, session_id: &str) -> Vec<u8> {
-    let mut k = (!started_ms).to_be_bytes().to_vec();
-    k.extend_from_slice(&id_bytes(session_id));
-    k
-}
-
-/// A whole `agent_sessions` key (`agent_sessions_prefix` then the position), the session id as
-/// stored (`id_bytes`).
+/// A whole `agent_sessions` entry: the prefix, then the position, the session id as stored
+/// (`id_bytes`). `!started_ms` makes the newest session come first.
 pub fn agent_sessions_key(user: &str, agent: &str, tag: u8, started_ms: u64, session_id: &[u8]) -> Vec<u8> {
-    let mut k = Vec::with_capacity(4 + user.len() + 4 + agent.len() + 1 + 8 + session_id.len());
-    push_part(&mut k, user.as_bytes());
-    push_part(&mut k, agent.as_bytes());
-    k.push(tag);
+    let mut k = agent_sessions_prefix(user, agent, tag);
     k.extend_from_slice(&(!started_ms).to_be_bytes());
     k.extend_from_slice(session_id);
     k
@@ -165,25 +160,22 @@ pub fn position_session(position: &[u8]) -> Option<&[u8]> {
 
 /// The range of one session's calls; entries continue with `started_ms ‖ call id`.
 pub fn session_calls_prefix(user: &str, session_id: &str) -> Vec<u8> {
-    let mut k = user_prefix(user);
-    push_part(&mut k, &id_bytes(session_id));
-    k
+    session_calls_start(user, &id_bytes(session_id))
 }
 
-pub fn session_calls_position(started_ms: u64, call_id: &str) -> Vec<u8> {
-    let mut k = started_ms.to_be_bytes().to_vec();
-    k.extend_from_slice(&id_bytes(call_id));
-    k
-}
-
-/// A whole `session_calls` key (`session_calls_prefix` then the position), ids as stored
+/// A whole `session_calls` entry: the prefix, then `started_ms ‖ call id`, ids as stored
 /// (`id_bytes`).
 pub fn session_calls_key(user: &str, session_id: &[u8], started_ms: u64, call_id: &[u8]) -> Vec<u8> {
-    let mut k = Vec::with_capacity(4 + user.len() + 4 + session_id.len() + 8 + call_id.len());
-    push_part(&mut k, user.as_bytes());
-    push_part(&mut k, session_id);
+    let mut k = session_calls_start(user, session_id);
     k.extend_from_slice(&started_ms.to_be_bytes());
     k.extend_from_slice(call_id);
+    k
+}
+
+/// `session_calls_prefix` from the session id as stored, with room for a position.
+fn session_calls_start(user: &str, session_id: &[u8]) -> Vec<u8> {
+    let mut k = user_key(user, 4 + session_id.len() + 8 + 16);
+    push_part(&mut k, session_id);
     k
 }
 
@@ -300,23 +292,27 @@ mod tests {
     #[test]
     fn newest_session_sorts_first_and_ids_are_compact() {
         let sid = "0192f3c4-5d6e-7f80-9a1b-2c3d4e5f6a7b";
-        assert!(agent_sessions_position(2000, sid) < agent_sessions_position(1000, sid));
+        let entry = |ms| agent_sessions_key("u", "agent", ANY_ENV, ms, &id_bytes(sid));
+        assert!(entry(2000) < entry(1000));
         assert_eq!(id_bytes(sid).len(), 16);
         assert_eq!(&*id_bytes("s-1"), b"s-1");
-        assert_eq!(position_session(&agent_sessions_position(5, sid)).unwrap(), &*id_bytes(sid));
+        let prefix = agent_sessions_prefix("u", "agent", ANY_ENV);
+        assert_eq!(position_session(&entry(5)[prefix.len()..]).unwrap(), &*id_bytes(sid));
     }
 
     #[test]
     fn whole_keys_are_their_prefix_then_their_position() {
         let (sid, cid) = ("0192f3c4-5d6e-7f80-9a1b-2c3d4e5f6a7b", "not-a-uuid");
+        let uuid = uuid::Uuid::parse_str(sid).unwrap().into_bytes();
         assert_eq!(
             agent_sessions_key("u", "agent", 2, 77, &id_bytes(sid)),
-            [agent_sessions_prefix("u", "agent", 2), agent_sessions_position(77, sid)].concat()
+            [&agent_sessions_prefix("u", "agent", 2)[..], &(!77u64).to_be_bytes(), &uuid].concat()
         );
         assert_eq!(
             session_calls_key("u", &id_bytes(sid), 77, &id_bytes(cid)),
-            [session_calls_prefix("u", sid), session_calls_position(77, cid)].concat()
+            [&session_calls_prefix("u", sid)[..], &77u64.to_be_bytes(), b"not-a-uuid"].concat()
         );
+        assert_eq!(session_calls_prefix("u", sid), [&user_prefix("u")[..], &[0, 0, 0, 16], &uuid].concat());
         assert_eq!(id_key("u", &id_bytes(sid)), session_key("u", sid));
     }
 
