@@ -207,7 +207,7 @@ impl Serialize for Usd {
     }
 }
 
-/// A decimal's text, on the stack: a u128 has 39 digits, a point and a fraction at most.
+/// A decimal's text, on the stack: a u128 has at most 39 digits, 40 characters with the point.
 struct DecimalText {
     buf: [u8; DecimalText::CAPACITY],
     len: usize,
