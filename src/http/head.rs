@@ -7,7 +7,7 @@
 //! Names and values are kept as `Span`s into the caller's buffer: no copies, no lifetimes tied to
 //! the buffer, so the buffer can move between reads.
 
-use memchr::memchr_iter;
+use std::mem::MaybeUninit;
 
 /// Most header fields a request may carry; more is a 431. Real SDK requests send about 20.
 pub const MAX_HEADERS: usize = 100;
@@ -148,9 +148,9 @@ fn find_header<'a>(headers: &[HeaderSpan], buf: &'a [u8], name: &str) -> Option<
 
 /// Parses a request head at the start of `buf`. `Ok(None)`: not complete yet, read more.
 pub fn parse_request_head(buf: &[u8], limits: HeadLimits) -> Result<Option<RequestHead>, HeadError> {
-    let mut raw = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut req = httparse::Request::new(&mut raw);
-    let len = match req.parse(buf) {
+    let mut raw = uninit_headers();
+    let mut req = httparse::Request::new(&mut []);
+    let len = match req.parse_with_uninit_headers(buf, &mut raw) {
         Ok(httparse::Status::Complete(len)) => len,
         Ok(httparse::Status::Partial) => {
             check_partial(buf, limits.max_head_bytes)?;
@@ -219,9 +219,9 @@ pub fn parse_response_head(
     max_head_bytes: usize,
     request_was_head: bool,
 ) -> Result<Option<ResponseHead>, HeadError> {
-    let mut raw = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut resp = httparse::Response::new(&mut raw);
-    let len = match resp.parse(buf) {
+    let mut raw = uninit_headers();
+    let mut resp = httparse::Response::new(&mut []);
+    let len = match httparse::ParserConfig::default().parse_response_with_uninit_headers(&mut resp, buf, &mut raw) {
         Ok(httparse::Status::Complete(len)) => len,
         Ok(httparse::Status::Partial) => {
             check_partial(buf, max_head_bytes)?;
@@ -266,6 +266,12 @@ pub fn parse_response_head(
         framing,
         close,
     }))
+}
+
+/// Room for httparse's header slices, left uninitialized: httparse writes only the fields it
+/// parses, and zeroing all `MAX_HEADERS` of them (3.2 KiB) took about 100 ns of each head.
+fn uninit_headers<'b>() -> [MaybeUninit<httparse::Header<'b>>; MAX_HEADERS] {
+    [const { MaybeUninit::uninit() }; MAX_HEADERS]
 }
 
 fn spans(buf: &[u8], fields: &[httparse::Header<'_>]) -> Vec<HeaderSpan> {
@@ -354,17 +360,24 @@ pub fn parse_content_length(value: &[u8]) -> Result<u64, HeadError> {
 /// does while the next hop does not is how requests get smuggled. Every LF must follow a CR, and
 /// every CR must precede an LF.
 fn check_line_endings(head: &[u8]) -> Result<(), HeadError> {
-    for i in memchr_iter(b'\n', head) {
-        if i == 0 || head[i - 1] != b'\r' {
-            return Err(HeadError::Malformed("bare LF in head"));
-        }
+    // Every adjacent pair of bytes agrees: a CR exactly where an LF follows. One branch-free pass
+    // that the compiler vectorizes; a search per CR and per LF (some forty for an SDK's head)
+    // had taken a quarter of the head's parse time. The two ends are checked on their own.
+    let paired = head.iter().zip(&head[1.min(head.len())..]);
+    let mismatched = paired.fold(false, |bad, (&a, &b)| bad | ((a == b'\r') != (b == b'\n')));
+    if !mismatched && head.first() != Some(&b'\n') && head.last() != Some(&b'\r') {
+        return Ok(());
     }
-    for i in memchr_iter(b'\r', head) {
-        if head.get(i + 1) != Some(&b'\n') {
-            return Err(HeadError::Malformed("bare CR in head"));
-        }
-    }
-    Ok(())
+    // Which one, for the error message: the first offending byte.
+    let bad = (0..head.len()).find(|&i| match head[i] {
+        b'\n' => i == 0 || head[i - 1] != b'\r',
+        b'\r' => head.get(i + 1) != Some(&b'\n'),
+        _ => false,
+    });
+    Err(HeadError::Malformed(match bad.map(|i| head[i]) {
+        Some(b'\n') => "bare LF in head",
+        _ => "bare CR in head",
+    }))
 }
 
 fn check_partial(buf: &[u8], max_head_bytes: usize) -> Result<(), HeadError> {
@@ -508,6 +521,51 @@ mod tests {
             "HTTP/1.1 600 Odd\r\n\r\n",
         ] {
             assert!(parse_response_head(bad.as_bytes(), 8192, false).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn line_endings_are_crlf_exactly() {
+        // The one-pass check against the rule read literally, over every string of up to six
+        // bytes from an alphabet of CR, LF and one other byte (1,093 strings), plus a real head.
+        let literal = |h: &[u8]| {
+            let lf_ok = (0..h.len()).filter(|&i| h[i] == b'\n').all(|i| i > 0 && h[i - 1] == b'\r');
+            let cr_ok = (0..h.len()).filter(|&i| h[i] == b'\r').all(|i| h.get(i + 1) == Some(&b'\n'));
+            lf_ok && cr_ok
+        };
+        let mut checked = 0;
+        for len in 0..=6u32 {
+            for mut code in 0..3usize.pow(len) {
+                let s: Vec<u8> = (0..len)
+                    .map(|_| {
+                        let b = [b'\r', b'\n', b'a'][code % 3];
+                        code /= 3;
+                        b
+                    })
+                    .collect();
+                let got = check_line_endings(&s);
+                assert_eq!(got.is_ok(), literal(&s), "{s:?}");
+                if let Err(HeadError::Malformed(why)) = got {
+                    let first_bad_lf = s.iter().enumerate().position(|(i, &b)| b == b'\n' && (i == 0 || s[i - 1] != b'\r'));
+                    let first_bad_cr = s.iter().enumerate().position(|(i, &b)| b == b'\r' && s.get(i + 1) != Some(&b'\n'));
+                    let lf_first = match (first_bad_lf, first_bad_cr) {
+                        (Some(l), Some(c)) => l < c,
+                        (l, _) => l.is_some(),
+                    };
+                    assert_eq!(why, if lf_first { "bare LF in head" } else { "bare CR in head" }, "{s:?}");
+                }
+                checked += 1;
+            }
+        }
+        assert_eq!(checked, 1093);
+        let mut head = b"POST /x HTTP/1.1\r\nHost: a\r\nContent-Length: 2\r\n\r\n".to_vec();
+        assert!(check_line_endings(&head).is_ok());
+        for i in 0..head.len() {
+            for b in [b'\r', b'\n'] {
+                let saved = std::mem::replace(&mut head[i], b);
+                assert_eq!(check_line_endings(&head).is_ok(), literal(&head), "byte {i} set to {b}");
+                head[i] = saved;
+            }
         }
     }
 
