@@ -20,6 +20,7 @@
 //! | `KURRAL_BENCH_SSE_GAP_US` | 1000 | pace of the events |
 //! | `KURRAL_BENCH_SSE_INCLUDE_USAGE` | 1 | `0`: streams do not ask for usage, so the proxy rewrites the request and filters the usage chunk |
 //! | `KURRAL_BENCH_IDLE_CONNS` | 10000 (quick 1000) | idle keep-alive connections for the memory figure |
+//! | `KURRAL_BENCH_WORKLOADS` | json,sse | which workloads run (`json` alone suits a profile of the non-streamed path) |
 //! | `KURRAL_BENCH_TLS` | 1 | `0`: skip the upstream-TLS half |
 //! | `KURRAL_BENCH_NGINX` | 1 | `0`: skip nginx |
 //! | `KURRAL_BENCH_PROXY` | the bench's build | another kurral-proxy binary |
@@ -64,6 +65,7 @@ struct Settings {
     sse_events: usize,
     sse_gap: Duration,
     include_usage: bool,
+    workloads: Vec<Workload>,
     idle_conns: usize,
     tls: bool,
     nginx: bool,
@@ -83,6 +85,18 @@ fn env_flag(name: &str, default: bool) -> bool {
         Ok(v) => !matches!(v.trim(), "" | "0" | "false" | "no" | "off"),
         Err(_) => default,
     }
+}
+
+/// `KURRAL_BENCH_WORKLOADS`: a comma-separated subset of `json,sse`, in the bench's order.
+fn workloads() -> Vec<Workload> {
+    let Ok(list) = std::env::var("KURRAL_BENCH_WORKLOADS") else {
+        return vec![Workload::Json, Workload::Sse];
+    };
+    let names: Vec<&str> = list.split(',').map(str::trim).collect();
+    if let Some(bad) = names.iter().find(|n| !["json", "sse"].contains(n)) {
+        panic!("KURRAL_BENCH_WORKLOADS={list}: unknown workload {bad:?} (json, sse)");
+    }
+    [Workload::Json, Workload::Sse].into_iter().filter(|w| names.contains(&w.name())).collect()
 }
 
 /// The cargo target dir: this binary is `<target>/<profile>/deps/load-<hash>`.
@@ -112,6 +126,7 @@ impl Settings {
             sse_events: env_or("KURRAL_BENCH_SSE_EVENTS", 20usize).clamp(1, 10_000),
             sse_gap: Duration::from_micros(env_or("KURRAL_BENCH_SSE_GAP_US", 1000u64)),
             include_usage: env_flag("KURRAL_BENCH_SSE_INCLUDE_USAGE", true),
+            workloads: workloads(),
             idle_conns: env_or("KURRAL_BENCH_IDLE_CONNS", if quick { 1000usize } else { 10_000 }),
             tls: env_flag("KURRAL_BENCH_TLS", true),
             nginx: env_flag("KURRAL_BENCH_NGINX", true),
@@ -532,15 +547,13 @@ fn main() {
             // Direct does not depend on the proxies' upstream, so its saturation is measured once.
             closed.push(&direct);
         }
-        let mut sat = [0.0; 2];
-        for (i, w) in [Workload::Json, Workload::Sse].into_iter().enumerate() {
-            sat[i] = bench.compare(up, &closed, w, None)[0];
-        }
+        let workloads = bench.s.workloads.clone();
+        let sat: Vec<f64> = workloads.iter().map(|&w| bench.compare(up, &closed, w, None)[0]).collect();
         let mut open = servers.clone();
         open.push(&direct);
         for f in bench.s.open_fractions.clone() {
-            for (i, w) in [Workload::Json, Workload::Sse].into_iter().enumerate() {
-                let rate = (sat[i] * f).round();
+            for (&w, &sat) in workloads.iter().zip(&sat) {
+                let rate = (sat * f).round();
                 if rate >= 1.0 {
                     bench.compare(up, &open, w, Some((rate, f)));
                 }
