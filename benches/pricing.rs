@@ -1,8 +1,11 @@
-//! Pricing a call: model resolution plus exact cost, as done once per captured call.
+//! Pricing a call: model resolution plus exact cost, as done once per captured call, and what a
+//! record then does with the amounts (the total as a number, each amount as its exact decimal).
 //! Three names: an exact canonical name, a dated snapshot (resolved by stripping the date) and an
 //! unknown name (every suffix tried, then `None`).
 //!
 //! Run: `cargo bench --bench pricing`
+
+use std::fmt::Write;
 
 use criterion::{black_box, criterion_group, criterion_main, Criterion};
 use kurral_proxy::pricing::PriceTable;
@@ -36,6 +39,16 @@ fn pricing(c: &mut Criterion) {
             b.iter(|| table.cost(black_box(provider), black_box(model), black_box(&USAGE)))
         });
     }
+    let cost = table.cost(Provider::Anthropic, "claude-sonnet-4-5", &USAGE).expect("a listed model");
+    g.bench_function("usd/to_f64", |b| b.iter(|| black_box(cost.total).to_f64()));
+    let mut text = String::with_capacity(64);
+    g.bench_function("usd/decimal", |b| {
+        b.iter(|| {
+            text.clear();
+            write!(text, "{}", black_box(cost.total)).unwrap();
+            text.len()
+        })
+    });
     g.finish();
 }
 

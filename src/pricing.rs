@@ -152,7 +152,14 @@ impl Usd {
 
     /// The nearest `f64` to the exact amount.
     pub fn to_f64(self) -> f64 {
-        // Parsing the exact decimal rounds once, correctly; dividing two f64s would round twice.
+        // Up to 2^53 units (about 9 USD, every single call's cost) both operands convert to f64
+        // exactly, 10^15 being under 2^53, so their division rounds once, correctly: the same
+        // value as parsing the exact decimal. Past that the amount itself would round first, so
+        // the decimal is parsed.
+        const EXACT: u128 = 1 << f64::MANTISSA_DIGITS;
+        if self.0 <= EXACT {
+            return self.0 as f64 / USD_SCALE as f64;
+        }
         self.to_string().parse().unwrap_or(self.0 as f64 / USD_SCALE as f64)
     }
 
@@ -861,6 +868,23 @@ mod tests {
         }
         assert_eq!(Usd(1).to_string(), "0.000000000000001");
         assert_eq!(Usd(25 * 10u128.pow(USD_DECIMALS - 3)).to_string(), "0.025");
+    }
+
+    #[test]
+    fn usd_to_f64_is_the_nearest_double_to_the_exact_decimal() {
+        // The nearest double to the exact decimal is what parsing the decimal gives; the
+        // division's shortcut must agree on both sides of its bound and for random amounts.
+        let exact = 1u128 << f64::MANTISSA_DIGITS;
+        let mut values = vec![0, 1, 3, 7, 10u128.pow(USD_DECIMALS), exact - 1, exact, exact + 1, exact * 3 + 1, u128::MAX];
+        let mut x: u128 = 0x2545_F491_4F6C_DD1D;
+        for _ in 0..20_000 {
+            x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            values.push((x >> 64) % (exact * 4));
+        }
+        for v in values {
+            let parsed: f64 = Usd(v).to_string().parse().unwrap();
+            assert_eq!(Usd(v).to_f64().to_bits(), parsed.to_bits(), "{v}");
+        }
     }
 
     #[test]
