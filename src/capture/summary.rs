@@ -10,8 +10,12 @@
 //! call counts, but the session stays listed under its first agent. `started_at` is the earliest
 //! call start seen, `last_at` the latest.
 //!
-//! Encoding: one version byte, then JSON. Fields added within a version default when absent.
+//! Encoding: one version byte, then the summary as positional MessagePack (version 2: each
+//! struct an array of its fields in declaration order, the totals nested), as call records are
+//! stored. A field added later goes last in its struct with `#[serde(default)]`, so that a shorter
+//! stored array still reads. Version 1 (JSON, the totals' fields beside the others) still reads.
 
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use super::layout::rfc3339_ms;
@@ -20,7 +24,9 @@ use crate::pricing::Usd;
 use crate::scan::{Category, Finding};
 
 /// Version byte of the current summary encoding.
-pub const SUMMARY_VERSION: u8 = 1;
+pub const SUMMARY_VERSION: u8 = 2;
+/// Version byte of summaries written as JSON, with the totals flattened into the summary.
+const SUMMARY_VERSION_JSON: u8 = 1;
 
 /// What one call adds to the sums.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -137,7 +143,6 @@ pub struct SessionSummary {
     pub env: Env,
     pub started_ms: u64,
     pub last_ms: u64,
-    #[serde(flatten)]
     pub totals: Totals,
 }
 
@@ -178,7 +183,6 @@ pub struct AgentSummary {
     pub last_ms: u64,
     /// Sessions whose first call came from this agent.
     pub sessions: u64,
-    #[serde(flatten)]
     pub totals: Totals,
 }
 
@@ -206,17 +210,34 @@ impl AgentSummary {
 }
 
 pub fn encode<T: Serialize>(value: &T) -> Vec<u8> {
-    let mut out = vec![SUMMARY_VERSION];
-    serde_json::to_writer(&mut out, value).expect("a summary always serializes");
+    let mut out = Vec::with_capacity(160);
+    out.push(SUMMARY_VERSION);
+    rmp_serde::encode::write(&mut out, value).expect("a summary always serializes");
     out
 }
 
-pub fn decode<T: for<'de> Deserialize<'de>>(bytes: &[u8]) -> Result<T, String> {
+pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, String> {
+    let bad = |e: &dyn std::fmt::Display| format!("bad summary: {e}");
     match bytes.split_first() {
-        Some((&SUMMARY_VERSION, json)) => serde_json::from_slice(json).map_err(|e| format!("bad summary: {e}")),
+        Some((&SUMMARY_VERSION, packed)) => rmp_serde::from_slice(packed).map_err(|e| bad(&e)),
+        Some((&SUMMARY_VERSION_JSON, json)) => {
+            let flat = serde_json::from_slice(json).map_err(|e| bad(&e))?;
+            serde_json::from_value(nest_totals(flat)).map_err(|e| bad(&e))
+        }
         Some((v, _)) => Err(format!("unknown summary version {v}")),
         None => Err("empty summary".into()),
     }
+}
+
+/// A version 1 summary's object with the fields of `Totals` moved into a nested `totals`.
+fn nest_totals(flat: serde_json::Value) -> serde_json::Value {
+    // The fields `Totals` had when version 1 was current; later ones are never in such a summary.
+    const TOTALS: [&str; 7] = ["calls", "errors", "input_tokens", "output_tokens", "cost", "unpriced_calls", "findings"];
+    let serde_json::Value::Object(mut fields) = flat else { return flat };
+    let totals: serde_json::Map<String, serde_json::Value> =
+        TOTALS.iter().filter_map(|&name| Some((name.to_string(), fields.remove(name)?))).collect();
+    fields.insert("totals".into(), totals.into());
+    fields.into()
 }
 
 #[cfg(test)]
@@ -252,5 +273,57 @@ mod tests {
         assert_eq!(s.to_json()["cost_usd"], 0.3);
         assert_eq!(decode::<SessionSummary>(&encode(&s)).unwrap(), s);
         assert!(decode::<SessionSummary>(&[7, b'{', b'}']).is_err());
+    }
+
+    #[test]
+    fn summaries_are_stored_compact_and_round_trip() {
+        let mut s = SessionSummary::new("0192f3c4-5d6e-7f80-9a1b-2c3d4e5f6a7b", "support-bot", Env::Staging, 1_700_000_000_000);
+        s.add(1_700_000_000_500, &Contribution {
+            error: true,
+            input_tokens: 1200,
+            output_tokens: 80,
+            cost: "0.000123".parse().unwrap(),
+            unpriced: true,
+            findings: FindingCounts { secret: 1, pii: 2, injection: 3, tool: 4 },
+        });
+        let bytes = encode(&s);
+        assert_eq!(bytes[0], SUMMARY_VERSION);
+        let json = serde_json::to_vec(&s).unwrap();
+        assert!(bytes.len() * 2 < json.len(), "{} bytes against {} as JSON", bytes.len(), json.len());
+        assert_eq!(decode::<SessionSummary>(&bytes).unwrap(), s);
+        let mut a = AgentSummary::new("support-bot", 5);
+        a.add(9, true, &Contribution { input_tokens: 7, ..Default::default() });
+        assert_eq!(decode::<AgentSummary>(&encode(&a)).unwrap(), a);
+        assert!(decode::<SessionSummary>(&bytes[..bytes.len() - 3]).is_err(), "a summary cut short");
+    }
+
+    #[test]
+    fn json_summaries_of_earlier_stores_still_read() {
+        // As version 1 wrote them: JSON, the totals' fields beside the others; the oldest
+        // without `unpriced_calls` and `findings`.
+        let session = br#"{"session_id":"s1","agent":"bot","env":"production","started_ms":1000,"last_ms":2000,"calls":3,"errors":1,"input_tokens":30,"output_tokens":15,"cost":"0.3","unpriced_calls":1,"findings":{"secret":1,"pii":0,"injection":2,"tool":0}}"#;
+        let s: SessionSummary = decode(&[&[1u8][..], session].concat()).unwrap();
+        assert_eq!((s.session_id.as_str(), s.agent.as_str(), s.env), ("s1", "bot", Env::Production));
+        assert_eq!((s.started_ms, s.last_ms), (1000, 2000));
+        let t = &s.totals;
+        assert_eq!((t.calls, t.errors, t.input_tokens, t.output_tokens, t.unpriced_calls), (3, 1, 30, 15, 1));
+        assert_eq!((t.cost.to_string().as_str(), t.findings.secret, t.findings.injection), ("0.3", 1, 2));
+
+        let agent = br#"{"agent":"bot","first_ms":5,"last_ms":9,"sessions":2,"calls":4,"errors":0,"input_tokens":8,"output_tokens":4,"cost":"0"}"#;
+        let a: AgentSummary = decode(&[&[1u8][..], agent].concat()).unwrap();
+        assert_eq!((a.agent.as_str(), a.first_ms, a.last_ms, a.sessions), ("bot", 5, 9, 2));
+        assert_eq!((a.totals.calls, a.totals.input_tokens, a.totals.unpriced_calls), (4, 8, 0));
+        assert_eq!(a.totals.findings, FindingCounts::default());
+    }
+
+    #[test]
+    fn a_compact_summary_from_before_a_totals_field_was_added_reads_with_its_default() {
+        // A session whose totals array ends before `unpriced_calls` and `findings`.
+        let old = ("s", "bot", Env::Production, 1u64, 2u64, (3u64, 0u64, 10u64, 5u64, "0.5"));
+        let bytes = [&[SUMMARY_VERSION][..], &rmp_serde::to_vec(&old).unwrap()].concat();
+        let s: SessionSummary = decode(&bytes).unwrap();
+        assert_eq!((s.totals.calls, s.totals.input_tokens, s.totals.unpriced_calls), (3, 10, 0));
+        assert_eq!(s.totals.cost.to_string(), "0.5");
+        assert_eq!(s.totals.findings, FindingCounts::default());
     }
 }
