@@ -152,10 +152,10 @@ impl Usd {
 
     /// The nearest `f64` to the exact amount.
     pub fn to_f64(self) -> f64 {
-        // Up to 2^53 units (about 9 USD, every single call's cost) both operands convert to f64
-        // exactly, 10^15 being under 2^53, so their division rounds once, correctly: the same
-        // value as parsing the exact decimal. Past that the amount itself would round first, so
-        // the decimal is parsed.
+        // Up to 2^53 units (about 9 USD, the cost of nearly every call) both operands convert
+        // to f64 exactly, 10^15 being under 2^53, so their division rounds once, correctly: the
+        // same value as parsing the exact decimal. Past that the amount itself would round
+        // first, so the decimal is parsed.
         const EXACT: u128 = 1 << f64::MANTISSA_DIGITS;
         if self.0 <= EXACT {
             return self.0 as f64 / USD_SCALE as f64;
