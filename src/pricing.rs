@@ -875,7 +875,8 @@ mod tests {
         // The nearest double to the exact decimal is what parsing the decimal gives; the
         // division's shortcut must agree on both sides of its bound and for random amounts.
         let exact = 1u128 << f64::MANTISSA_DIGITS;
-        let mut values = vec![0, 1, 3, 7, 10u128.pow(USD_DECIMALS), exact - 1, exact, exact + 1, exact * 3 + 1, u128::MAX];
+        let mut values =
+            vec![0, 1, 3, 7, 10u128.pow(USD_DECIMALS), exact - 1, exact, exact + 1, exact * 3 + 1, u128::MAX];
         let mut x: u128 = 0x2545_F491_4F6C_DD1D;
         for _ in 0..20_000 {
             x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);

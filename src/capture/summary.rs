@@ -232,7 +232,8 @@ pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, String> {
 /// A version 1 summary's object with the fields of `Totals` moved into a nested `totals`.
 fn nest_totals(flat: serde_json::Value) -> serde_json::Value {
     // The fields `Totals` had when version 1 was current; later ones are never in such a summary.
-    const TOTALS: [&str; 7] = ["calls", "errors", "input_tokens", "output_tokens", "cost", "unpriced_calls", "findings"];
+    const TOTALS: [&str; 7] =
+        ["calls", "errors", "input_tokens", "output_tokens", "cost", "unpriced_calls", "findings"];
     let serde_json::Value::Object(mut fields) = flat else { return flat };
     let totals: serde_json::Map<String, serde_json::Value> =
         TOTALS.iter().filter_map(|&name| Some((name.to_string(), fields.remove(name)?))).collect();
@@ -277,15 +278,19 @@ mod tests {
 
     #[test]
     fn summaries_are_stored_compact_and_round_trip() {
-        let mut s = SessionSummary::new("0192f3c4-5d6e-7f80-9a1b-2c3d4e5f6a7b", "support-bot", Env::Staging, 1_700_000_000_000);
-        s.add(1_700_000_000_500, &Contribution {
-            error: true,
-            input_tokens: 1200,
-            output_tokens: 80,
-            cost: "0.000123".parse().unwrap(),
-            unpriced: true,
-            findings: FindingCounts { secret: 1, pii: 2, injection: 3, tool: 4 },
-        });
+        let mut s =
+            SessionSummary::new("0192f3c4-5d6e-7f80-9a1b-2c3d4e5f6a7b", "support-bot", Env::Staging, 1_700_000_000_000);
+        s.add(
+            1_700_000_000_500,
+            &Contribution {
+                error: true,
+                input_tokens: 1200,
+                output_tokens: 80,
+                cost: "0.000123".parse().unwrap(),
+                unpriced: true,
+                findings: FindingCounts { secret: 1, pii: 2, injection: 3, tool: 4 },
+            },
+        );
         let bytes = encode(&s);
         assert_eq!(bytes[0], SUMMARY_VERSION);
         let json = serde_json::to_vec(&s).unwrap();

@@ -546,8 +546,10 @@ mod tests {
                 let got = check_line_endings(&s);
                 assert_eq!(got.is_ok(), literal(&s), "{s:?}");
                 if let Err(HeadError::Malformed(why)) = got {
-                    let first_bad_lf = s.iter().enumerate().position(|(i, &b)| b == b'\n' && (i == 0 || s[i - 1] != b'\r'));
-                    let first_bad_cr = s.iter().enumerate().position(|(i, &b)| b == b'\r' && s.get(i + 1) != Some(&b'\n'));
+                    let first_bad_lf =
+                        s.iter().enumerate().position(|(i, &b)| b == b'\n' && (i == 0 || s[i - 1] != b'\r'));
+                    let first_bad_cr =
+                        s.iter().enumerate().position(|(i, &b)| b == b'\r' && s.get(i + 1) != Some(&b'\n'));
                     let lf_first = match (first_bad_lf, first_bad_cr) {
                         (Some(l), Some(c)) => l < c,
                         (l, _) => l.is_some(),
