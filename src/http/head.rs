@@ -363,7 +363,7 @@ fn check_line_endings(head: &[u8]) -> Result<(), HeadError> {
     // Every adjacent pair of bytes agrees: a CR exactly where an LF follows. One branch-free pass
     // that the compiler vectorizes; a search per CR and per LF (some forty for an SDK's head)
     // had taken a quarter of the head's parse time. The two ends are checked on their own.
-    let paired = head.iter().zip(&head[1.min(head.len())..]);
+    let paired = head.iter().zip(head.get(1..).unwrap_or_default());
     let mismatched = paired.fold(false, |bad, (&a, &b)| bad | ((a == b'\r') != (b == b'\n')));
     if !mismatched && head.first() != Some(&b'\n') && head.last() != Some(&b'\r') {
         return Ok(());
