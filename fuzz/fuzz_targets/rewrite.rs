@@ -74,7 +74,7 @@ fuzz_target!(|data: &[u8]| {
             _ => BodyFraming::AsUpstream,
         };
         let add = ResponseAdditions { session_id: "s-1", request_id: "r-1", close: flags & 2 != 0, body, findings: None };
-        let out = downstream_response_head(response, &resp, &add);
+        let out = downstream_response_head(response, &resp, &add, 0);
         let ours: Vec<_> = field_lines(&out).filter(|(name, _)| starts_with_ignore_case(name, b"x-kurral-")).collect();
         assert_eq!(ours, [(&b"x-kurral-session-id"[..], &b"s-1"[..]), (b"x-kurral-request-id", b"r-1")]);
         match parse_response_head(&out, 1 << 20, request_was_head) {

@@ -112,9 +112,15 @@ pub enum BodyFraming {
 
 /// The head relayed downstream: the upstream's status and end-to-end fields, the Kurral ids, and
 /// the proxy's own connection decision.
-pub fn downstream_response_head(buf: &[u8], head: &ResponseHead, add: &ResponseAdditions<'_>) -> Vec<u8> {
-    // Room for what is added: the Kurral ids, findings, framing.
-    let mut out = Vec::with_capacity(head.len + 256);
+pub fn downstream_response_head(
+    buf: &[u8],
+    head: &ResponseHead,
+    add: &ResponseAdditions<'_>,
+    body_room: usize,
+) -> Vec<u8> {
+    // Room for what is added (the Kurral ids, findings, framing) and for `body_room` bytes the
+    // caller appends after the head.
+    let mut out = Vec::with_capacity(head.len + 256 + body_room);
     out.extend_from_slice(b"HTTP/1.1 ");
     push_status(&mut out, head.status);
     out.push(b' ');
@@ -240,20 +246,20 @@ mod tests {
             body: BodyFraming::AsUpstream,
             findings: None,
         };
-        let out = String::from_utf8(downstream_response_head(raw.as_bytes(), &head, &add)).unwrap();
+        let out = String::from_utf8(downstream_response_head(raw.as_bytes(), &head, &add, 0)).unwrap();
         assert_eq!(
             out,
             "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\
              x-kurral-session-id: s1\r\nx-kurral-request-id: r1\r\n\r\n"
         );
         let add = ResponseAdditions { body: BodyFraming::Decoded, close: true, ..add };
-        let out = String::from_utf8(downstream_response_head(raw.as_bytes(), &head, &add)).unwrap();
+        let out = String::from_utf8(downstream_response_head(raw.as_bytes(), &head, &add, 0)).unwrap();
         assert!(!out.contains("Transfer-Encoding"));
         assert!(out.ends_with("connection: close\r\n\r\n"));
         let raw = "HTTP/1.1 200 OK\r\nContent-Length: 10\r\nContent-Type: text/event-stream\r\n\r\n";
         let head = parse_response_head(raw.as_bytes(), 8192, false).unwrap().unwrap();
         let add = ResponseAdditions { body: BodyFraming::Rechunked, close: false, ..add };
-        let out = String::from_utf8(downstream_response_head(raw.as_bytes(), &head, &add)).unwrap();
+        let out = String::from_utf8(downstream_response_head(raw.as_bytes(), &head, &add, 0)).unwrap();
         assert_eq!(
             out,
             "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\ntransfer-encoding: chunked\r\n\

@@ -326,7 +326,9 @@ async fn proxy_call(
     };
     // The upstream must start answering within the first-byte timeout, and within the call's.
     let head_deadline = deadline.min(Instant::now() + w.shared.config.limits.first_byte_timeout);
-    let (mut upstream, resp, buf) = match read_response_head(&mut upstream, plan.head_request, head_deadline).await {
+    let buf = w.read_bufs.take(UPSTREAM_READ);
+    let (mut upstream, resp, buf) = match read_response_head(&mut upstream, buf, plan.head_request, head_deadline).await
+    {
         Ok((resp, buf)) => (upstream, resp, buf),
         // A pooled connection the upstream had already closed: send the request once more on a
         // fresh connection. Only when nothing came back, so the upstream cannot have acted on it.
@@ -336,7 +338,8 @@ async fn proxy_call(
             if let (Err(_), _) = fresh.write_all(replay).await {
                 return Err(CallFailure::Respond(ProxyError::bad_gateway("upstream connection failed")));
             }
-            let (resp, buf) = read_response_head(&mut fresh, plan.head_request, head_deadline)
+            let buf = w.read_bufs.take(UPSTREAM_READ);
+            let (resp, buf) = read_response_head(&mut fresh, buf, plan.head_request, head_deadline)
                 .await
                 .map_err(HeadFailure::into_failure)?;
             (fresh, resp, buf)
@@ -613,13 +616,13 @@ impl HeadFailure {
 }
 
 /// Reads the upstream's response head, skipping interim 1xx responses. Returns the head and the
-/// buffer it was parsed from (which may hold the first body bytes after `head.len`).
+/// buffer it was parsed from, `buf` (empty), which may hold the first body bytes after `head.len`.
 async fn read_response_head(
     upstream: &mut UpstreamStream,
+    mut buf: Vec<u8>,
     head_request: bool,
     deadline: Instant,
 ) -> Result<(ResponseHead, Vec<u8>), HeadFailure> {
-    let mut buf = Vec::with_capacity(UPSTREAM_READ);
     let mut received_any = false;
     loop {
         if !buf.is_empty() {
@@ -701,7 +704,8 @@ async fn relay_response_body(
         body: framing,
         findings: request_findings.as_deref(),
     };
-    let mut out = downstream_response_head(&buf, &resp, &add);
+    // Room for the body bytes that came with the head (and re-chunking's framing of them).
+    let mut out = downstream_response_head(&buf, &resp, &add, buf.len() - resp.len + 32);
     buf.drain(..resp.len);
     let mut decoder = BodyDecoder::new(resp.framing, u64::MAX);
     let mut relay = Relay { framing, filter, payload: Vec::new(), client_payload: Vec::new(), ended: false };
@@ -766,6 +770,7 @@ async fn relay_response_body(
             .await
             .map_err(|_| CallFailure::ClientGone("client closed during the response"))?;
     }
+    w.read_bufs.give(buf, UPSTREAM_READ);
     Ok(Relayed { client_keep_alive, upstream_reusable: !resp.close && !overrun && resp.framing != Framing::Close })
 }
 
