@@ -7,7 +7,7 @@
 //! ```text
 //!   worker thread (monoio, one per core, own SO_REUSEPORT listener, own upstream pool)
 //!   server::conn      read_request_head ─ route ─ plan_call (auth::identify) ─ forward_request
-//!                     ─ read_response_head ─ relay_response_body ─ finish_capture
+//!                     ─ read_response_head ─ relay_response_body ─ call_record
 //!                                                                       │ crossbeam, bounded
 //!   capture::writer   one thread, batches ─▶ capture::store (RocksDB)   ◀┘
 //!   api::reader       GET /api/... from a worker ─▶ reader thread ─▶ store, answer by oneshot

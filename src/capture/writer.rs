@@ -142,22 +142,27 @@ impl CaptureSender {
     /// Encodes a record (on the calling worker's thread) and hands it to the writer, waiting
     /// (asynchronously, on the monoio timer) while the channel is full.
     pub async fn send(&self, record: CallRecord) {
-        let mut record = if self.encode { Encoded::new(record) } else { Encoded::unencoded(record) };
+        let record = if self.encode { Encoded::new(record) } else { Encoded::unencoded(record) };
+        match self.tx.try_send(record) {
+            Ok(()) => {}
+            // Boxed: the timer a wait needs is several hundred bytes, which every caller's state
+            // would otherwise carry (and move) on every call for a wait that seldom happens.
+            Err(TrySendError::Full(r)) => Box::pin(self.wait_for_room(r)).await,
+            Err(TrySendError::Disconnected(r)) => lost(&r),
+        }
+    }
+
+    /// The channel is full: tries again after a back-off, until the writer has made room.
+    async fn wait_for_room(&self, mut record: Encoded) {
         let mut wait = FULL_WAIT_MIN;
         loop {
+            self.stats.full_waits.fetch_add(1, Ordering::Relaxed);
+            monoio::time::sleep(wait).await;
+            wait = (wait * 2).min(FULL_WAIT_MAX);
             match self.tx.try_send(record) {
                 Ok(()) => return,
-                Err(TrySendError::Full(r)) => {
-                    record = r;
-                    self.stats.full_waits.fetch_add(1, Ordering::Relaxed);
-                    monoio::time::sleep(wait).await;
-                    wait = (wait * 2).min(FULL_WAIT_MAX);
-                }
-                Err(TrySendError::Disconnected(r)) => {
-                    // Only possible if the writer thread died; say so rather than lose it quietly.
-                    tracing::error!(id = %r.id, "capture writer is gone; record lost");
-                    return;
-                }
+                Err(TrySendError::Full(r)) => record = r,
+                Err(TrySendError::Disconnected(r)) => return lost(&r),
             }
         }
     }
@@ -165,6 +170,11 @@ impl CaptureSender {
     pub fn stats(&self) -> &Arc<CaptureStats> {
         &self.stats
     }
+}
+
+/// Only possible if the writer thread died; says so rather than lose the record quietly.
+fn lost(record: &Encoded) {
+    tracing::error!(id = %record.id, "capture writer is gone; record lost");
 }
 
 /// The writer thread, to be finished at shutdown.

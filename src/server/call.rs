@@ -4,7 +4,7 @@
 //! plan_call (authenticate, validate, rewrite head) ─▶ admit (rate, concurrency)
 //!   ─▶ forward_request (pooled upstream; head + body relayed as they arrive)
 //!   ─▶ read_response_head ─▶ relay_response_body (written to the client first, inspected after)
-//!   ─▶ finish_capture (usage, cost, content: one record per call, to the writer thread)
+//!   ─▶ call_record (usage, cost, content: one record per call, to the writer thread)
 //! ```
 //!
 //! One documented exception to relaying bytes as they came: an OpenAI chat request is read whole
@@ -111,7 +111,9 @@ pub(super) async fn run_call(
         }
     };
     tracing::debug!(worker = w.id, id = %call.id, status = call.status, outcome = ?call.outcome, "call end");
-    finish_capture(w, plan, call).await;
+    // The record is built before the await, so the call's state is not carried across it.
+    let record = call_record(w, plan, call);
+    w.shared.capture.send(record).await;
     next
 }
 
@@ -379,7 +381,9 @@ async fn connect(
     let limit = w.shared.config.limits.connect_timeout.min(deadline.saturating_duration_since(Instant::now()));
     let url = w.shared.config.upstream(provider);
     let t = Instant::now();
-    let connected = w.connector.connect(provider.index(), url, limit).await;
+    // Boxed: connecting (DNS, TCP, TLS handshake) is the largest state of a call, and most calls
+    // take a pooled connection instead; unboxed, every call's state would carry it.
+    let connected = Box::pin(w.connector.connect(provider.index(), url, limit)).await;
     call.connect_time += t.elapsed();
     connected.map_err(|e| {
         tracing::warn!(provider = provider.name(), upstream = %url, "upstream connect failed: {e}");
@@ -869,9 +873,9 @@ impl Relay {
     }
 }
 
-/// Builds the call's record (usage, cost, content by retention) and hands it to the writer
-/// thread. Runs after the last byte was relayed, so none of it delays the client.
-async fn finish_capture(w: &Worker, plan: &CallPlan, mut call: CallState) {
+/// Builds the call's record: usage, cost, the response's scan, content by retention. Runs after
+/// the last byte was relayed, so none of it delays the client.
+fn call_record(w: &Worker, plan: &CallPlan, mut call: CallState) -> CallRecord {
     let ms = |d: Duration| (d.as_micros() as f64) / 1000.0;
     let id = &plan.identity;
     let facts = call.inspector.take().map(ResponseInspector::finish).unwrap_or_default();
@@ -907,7 +911,7 @@ async fn finish_capture(w: &Worker, plan: &CallPlan, mut call: CallState) {
     scan.merge(response_scan);
     let overhead =
         call.upstream_write_at.map(|t| ms(t.saturating_sub(call.connect_time) + call.head_relay.unwrap_or_default()));
-    let record = CallRecord {
+    CallRecord {
         id: call.id,
         session_id: id.session_id.clone(),
         user: id.user.to_string(),
@@ -944,6 +948,5 @@ async fn finish_capture(w: &Worker, plan: &CallPlan, mut call: CallState) {
         findings: scan.findings,
         findings_dropped: scan.dropped,
         scan_incomplete: scan.incomplete,
-    };
-    w.shared.capture.send(record).await;
+    }
 }
