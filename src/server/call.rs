@@ -619,8 +619,8 @@ impl HeadFailure {
     }
 }
 
-/// Reads the upstream's response head, skipping interim 1xx responses. Returns the head and the
-/// buffer it was parsed from, `buf` (empty), which may hold the first body bytes after `head.len`.
+/// Reads the upstream's response head into `buf` (empty), skipping interim 1xx responses.
+/// Returns the head and `buf`, which may hold the first body bytes after `head.len`.
 async fn read_response_head(
     upstream: &mut UpstreamStream,
     mut buf: Vec<u8>,
