@@ -90,6 +90,21 @@ mod tests {
     use simd_json::prelude::*;
 
     #[test]
+    fn a_repeated_key_keeps_its_last_value() {
+        // As serde_json and the providers' parsers read it. Past 32 members an object is a hash
+        // map rather than a list: the same rule holds there.
+        let wide: String = (0..40).map(|i| format!("\"k{i}\":{i},")).collect();
+        for body in [r#"{"model":"a","x":1,"model":"b"}"#.to_string(), format!(r#"{{"model":"a",{wide}"model":"b"}}"#)]
+        {
+            let mut bytes = body.into_bytes();
+            let v = parse(&mut bytes).unwrap();
+            assert_eq!(v.get("model").and_then(|m| m.as_str()), Some("b"));
+            let reread: serde_json::Value = serde_json::to_value(&v).unwrap();
+            assert_eq!(reread["model"], "b");
+        }
+    }
+
+    #[test]
     fn parses_reuse_buffers_and_large_or_bad_input_still_parses_or_fails() {
         for _ in 0..3 {
             let mut small = br#"{"a":"x\ny","b":[1,2,{"c":null}]}"#.to_vec();

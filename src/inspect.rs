@@ -285,6 +285,17 @@ mod tests {
     }
 
     #[test]
+    fn a_key_given_twice_is_read_as_its_last_value_with_or_without_content() {
+        // Providers' JSON parsers keep the last value of a repeated key; so does the proxy, on
+        // the full parse (content or scanning on) as on the span read (usage only).
+        let body = r#"{"model":"gpt-4o-mini","stream":false,"messages":[],"model":"gpt-4o","stream":true}"#;
+        for caps in [CAPS, Caps::USAGE_ONLY, Caps { scan: true, ..Caps::USAGE_ONLY }] {
+            let i = inspect_request(&mut body.as_bytes().to_vec(), Shape::Chat, caps);
+            assert_eq!((i.model.as_deref(), i.stream), (Some("gpt-4o"), true), "{caps:?}");
+        }
+    }
+
+    #[test]
     fn without_content_the_fields_are_read_from_their_spans() {
         let read = |body: &str| inspect_request(&mut body.as_bytes().to_vec(), Shape::Chat, Caps::USAGE_ONLY);
         for body in [
