@@ -376,6 +376,18 @@ fn an_unknown_model_has_no_cost_and_says_so() {
 }
 
 #[test]
+fn a_model_given_twice_is_recorded_as_the_provider_reads_it() {
+    // Providers' JSON parsers keep the last value of a repeated key: the record names that model
+    // at every retention level. (The reading of top-level fields alone, used when neither content
+    // nor scanning needs the whole body, has the same rule: `inspect`'s unit tests.)
+    let body = r#"{"model":"my-local-llama","messages":[{"role":"user","content":"hi"}],"model":"gpt-4o-mini"}"#;
+    for retention in ["full", "metadata", "none"] {
+        let (_, rec) = one(Call { path: CHAT, body, extra: vec![("x-kurral-retention", retention)] });
+        assert_eq!(rec.model.as_deref(), Some("gpt-4o-mini"), "retention {retention}");
+    }
+}
+
+#[test]
 fn a_price_file_of_ones_own_is_used() {
     let mock = MockUpstream::start_plain();
     let dir = tempfile::tempdir().unwrap();
