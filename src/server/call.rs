@@ -43,7 +43,7 @@ use crate::usage::{Caps, ResponseInspector, Shape};
 /// Largest upstream response head accepted; providers send about 1 KiB.
 const MAX_RESPONSE_HEAD: usize = 64 * 1024;
 /// Size of each read from an upstream while relaying a response.
-const UPSTREAM_READ: usize = 16 * 1024;
+pub(super) const UPSTREAM_READ: usize = 16 * 1024;
 /// A request is kept (head and body as sent) for one resend on a fresh connection when a pooled
 /// connection turns out to be dead, up to this size. Bigger requests are not retried.
 const REPLAY_MAX: usize = 256 * 1024;
@@ -328,7 +328,7 @@ async fn proxy_call(
     };
     // The upstream must start answering within the first-byte timeout, and within the call's.
     let head_deadline = deadline.min(Instant::now() + w.shared.config.limits.first_byte_timeout);
-    let buf = w.read_bufs.take(UPSTREAM_READ);
+    let buf = w.read_bufs.take();
     let (mut upstream, resp, buf) = match read_response_head(&mut upstream, buf, plan.head_request, head_deadline).await
     {
         Ok((resp, buf)) => (upstream, resp, buf),
@@ -340,7 +340,7 @@ async fn proxy_call(
             if let (Err(_), _) = fresh.write_all(replay).await {
                 return Err(CallFailure::Respond(ProxyError::bad_gateway("upstream connection failed")));
             }
-            let buf = w.read_bufs.take(UPSTREAM_READ);
+            let buf = w.read_bufs.take();
             let (resp, buf) = read_response_head(&mut fresh, buf, plan.head_request, head_deadline)
                 .await
                 .map_err(HeadFailure::into_failure)?;
@@ -774,7 +774,7 @@ async fn relay_response_body(
             .await
             .map_err(|_| CallFailure::ClientGone("client closed during the response"))?;
     }
-    w.read_bufs.give(buf, UPSTREAM_READ);
+    w.read_bufs.give(buf);
     Ok(Relayed { client_keep_alive, upstream_reusable: !resp.close && !overrun && resp.framing != Framing::Close })
 }
 

@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 use monoio::io::{CancelHandle, Canceller};
 use monoio::net::TcpListener;
 
+use super::call::UPSTREAM_READ;
 use super::client::ClientStream;
 use super::conn::serve_connection;
 use super::Shared;
@@ -41,11 +42,10 @@ pub struct Worker {
     next_conn: Cell<u64>,
 }
 
-/// Buffers a call reads its upstream's response into, kept from one call to the next: a fresh
-/// 16 KiB buffer per call costs glibc a large-chunk allocation and free (too big for its
-/// per-thread cache), and a reused one is already in the CPU's cache when the response lands.
-/// At most `KEPT` are kept, each of the standard size; a buffer that grew for a large head is
-/// freed.
+/// Buffers a call reads its upstream's response into (`UPSTREAM_READ` bytes each), kept from one
+/// call to the next: a fresh 16 KiB buffer per call costs glibc a large-chunk allocation and free
+/// (too big for its per-thread cache), and a reused one is already in the CPU's cache when the
+/// response lands. At most `KEPT` are kept; a buffer that grew for a large head is freed.
 #[derive(Default)]
 pub struct ReadBuffers {
     kept: RefCell<Vec<Vec<u8>>>,
@@ -55,15 +55,15 @@ impl ReadBuffers {
     /// Calls in flight at once beyond this allocate their own buffers.
     const KEPT: usize = 64;
 
-    /// An empty buffer with room for `size` bytes.
-    pub fn take(&self, size: usize) -> Vec<u8> {
-        self.kept.borrow_mut().pop().unwrap_or_else(|| Vec::with_capacity(size))
+    /// An empty buffer with room for `UPSTREAM_READ` bytes.
+    pub fn take(&self) -> Vec<u8> {
+        self.kept.borrow_mut().pop().unwrap_or_else(|| Vec::with_capacity(UPSTREAM_READ))
     }
 
-    /// Gives back a buffer taken with `take(size)` once its call is done with it.
-    pub fn give(&self, mut buf: Vec<u8>, size: usize) {
+    /// Gives back a buffer from `take` once its call is done with it.
+    pub fn give(&self, mut buf: Vec<u8>) {
         let mut kept = self.kept.borrow_mut();
-        if buf.capacity() == size && kept.len() < Self::KEPT {
+        if buf.capacity() == UPSTREAM_READ && kept.len() < Self::KEPT {
             buf.clear();
             kept.push(buf);
         }
@@ -238,31 +238,29 @@ pub async fn run_worker(id: usize, listener: std::net::TcpListener, shared: Arc<
 
 #[cfg(test)]
 mod tests {
-    use super::ReadBuffers;
+    use super::{ReadBuffers, UPSTREAM_READ};
 
     #[test]
     fn read_buffers_are_reused_up_to_the_limit_and_only_at_their_size() {
-        const SIZE: usize = 16 * 1024;
         let bufs = ReadBuffers::default();
-        let mut first = bufs.take(SIZE);
-        assert!(first.is_empty() && first.capacity() >= SIZE);
+        let mut first = bufs.take();
+        assert!(first.is_empty() && first.capacity() >= UPSTREAM_READ);
         first.extend_from_slice(b"HTTP/1.1 200 OK\r\n");
         let at = first.as_ptr();
-        let size = first.capacity();
-        bufs.give(first, size);
-        let again = bufs.take(size);
+        bufs.give(first);
+        let again = bufs.take();
         assert_eq!(again.as_ptr(), at, "the same allocation comes back");
         assert!(again.is_empty(), "and it comes back empty");
 
         // A buffer that grew (a large head) is freed, not kept.
         let mut grown = again;
-        grown.reserve(size + 1);
-        bufs.give(grown, size);
+        grown.reserve(UPSTREAM_READ + 1);
+        bufs.give(grown);
         assert!(bufs.kept.borrow().is_empty());
 
         // At most KEPT are kept, however many calls give theirs back.
-        let taken: Vec<Vec<u8>> = (0..ReadBuffers::KEPT + 10).map(|_| Vec::with_capacity(size)).collect();
-        taken.into_iter().for_each(|b| bufs.give(b, size));
+        let taken: Vec<Vec<u8>> = (0..ReadBuffers::KEPT + 10).map(|_| bufs.take()).collect();
+        taken.into_iter().for_each(|b| bufs.give(b));
         assert_eq!(bufs.kept.borrow().len(), ReadBuffers::KEPT);
     }
 }
