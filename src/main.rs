@@ -17,6 +17,11 @@ use kurral_proxy::cli::{
 use kurral_proxy::scan::Severity;
 use kurral_proxy::{config, server};
 
+/// jemalloc for every Rust allocation of the binary: see its entry in `Cargo.toml` for why.
+#[cfg(feature = "jemalloc")]
+#[global_allocator]
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("KURRAL_LOG").unwrap_or_else(|_| "info".into()))
