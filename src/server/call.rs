@@ -43,7 +43,7 @@ use crate::usage::{Caps, ResponseInspector, Shape};
 /// Largest upstream response head accepted; providers send about 1 KiB.
 const MAX_RESPONSE_HEAD: usize = 64 * 1024;
 /// Size of each read from an upstream while relaying a response.
-pub(super) const UPSTREAM_READ: usize = 16 * 1024;
+const UPSTREAM_READ: usize = 16 * 1024;
 /// A request is kept (head and body as sent) for one resend on a fresh connection when a pooled
 /// connection turns out to be dead, up to this size. Bigger requests are not retried.
 const REPLAY_MAX: usize = 256 * 1024;
@@ -328,9 +328,7 @@ async fn proxy_call(
     };
     // The upstream must start answering within the first-byte timeout, and within the call's.
     let head_deadline = deadline.min(Instant::now() + w.shared.config.limits.first_byte_timeout);
-    let buf = w.read_bufs.take();
-    let (mut upstream, resp, buf) = match read_response_head(&mut upstream, buf, plan.head_request, head_deadline).await
-    {
+    let (mut upstream, resp, buf) = match read_response_head(&mut upstream, plan.head_request, head_deadline).await {
         Ok((resp, buf)) => (upstream, resp, buf),
         // A pooled connection the upstream had already closed: send the request once more on a
         // fresh connection. Only when nothing came back, so the upstream cannot have acted on it.
@@ -340,8 +338,7 @@ async fn proxy_call(
             if let (Err(_), _) = fresh.write_all(replay).await {
                 return Err(CallFailure::Respond(ProxyError::bad_gateway("upstream connection failed")));
             }
-            let buf = w.read_bufs.take();
-            let (resp, buf) = read_response_head(&mut fresh, buf, plan.head_request, head_deadline)
+            let (resp, buf) = read_response_head(&mut fresh, plan.head_request, head_deadline)
                 .await
                 .map_err(HeadFailure::into_failure)?;
             (fresh, resp, buf)
@@ -619,14 +616,14 @@ impl HeadFailure {
     }
 }
 
-/// Reads the upstream's response head into `buf` (empty), skipping interim 1xx responses.
-/// Returns the head and `buf`, which may hold the first body bytes after `head.len`.
+/// Reads the upstream's response head, skipping interim 1xx responses. Returns the head and the
+/// buffer it was parsed from (which may hold the first body bytes after `head.len`).
 async fn read_response_head(
     upstream: &mut UpstreamStream,
-    mut buf: Vec<u8>,
     head_request: bool,
     deadline: Instant,
 ) -> Result<(ResponseHead, Vec<u8>), HeadFailure> {
+    let mut buf = Vec::with_capacity(UPSTREAM_READ);
     let mut received_any = false;
     loop {
         if !buf.is_empty() {
@@ -774,7 +771,6 @@ async fn relay_response_body(
             .await
             .map_err(|_| CallFailure::ClientGone("client closed during the response"))?;
     }
-    w.read_bufs.give(buf);
     Ok(Relayed { client_keep_alive, upstream_reusable: !resp.close && !overrun && resp.framing != Framing::Close })
 }
 

@@ -16,7 +16,6 @@ use std::time::{Duration, Instant};
 use monoio::io::{CancelHandle, Canceller};
 use monoio::net::TcpListener;
 
-use super::call::UPSTREAM_READ;
 use super::client::ClientStream;
 use super::conn::serve_connection;
 use super::Shared;
@@ -34,40 +33,10 @@ pub struct Worker {
     pub shared: Arc<Shared>,
     pub pool: Pool,
     pub connector: Connector,
-    /// Upstream read buffers of finished calls, for the next calls to read into.
-    pub read_bufs: ReadBuffers,
     active: Cell<usize>,
     /// Every open connection's stop switch, by connection number.
     stops: RefCell<HashMap<u64, Rc<ConnStop>>>,
     next_conn: Cell<u64>,
-}
-
-/// Buffers a call reads its upstream's response into (`UPSTREAM_READ` bytes each), kept from one
-/// call to the next: a fresh 16 KiB buffer per call costs glibc a large-chunk allocation and free
-/// (too big for its per-thread cache), and a reused one is already in the CPU's cache when the
-/// response lands. At most `KEPT` are kept; a buffer that grew for a large head is freed.
-#[derive(Default)]
-pub struct ReadBuffers {
-    kept: RefCell<Vec<Vec<u8>>>,
-}
-
-impl ReadBuffers {
-    /// Calls in flight at once beyond this allocate their own buffers.
-    const KEPT: usize = 64;
-
-    /// An empty buffer with room for `UPSTREAM_READ` bytes.
-    pub fn take(&self) -> Vec<u8> {
-        self.kept.borrow_mut().pop().unwrap_or_else(|| Vec::with_capacity(UPSTREAM_READ))
-    }
-
-    /// Gives back a buffer from `take` once its call is done with it.
-    pub fn give(&self, mut buf: Vec<u8>) {
-        let mut kept = self.kept.borrow_mut();
-        if buf.capacity() == UPSTREAM_READ && kept.len() < Self::KEPT {
-            buf.clear();
-            kept.push(buf);
-        }
-    }
 }
 
 /// Ends a connection's call when the grace period is over. The connection polls `stopped()`
@@ -116,7 +85,6 @@ impl Worker {
             shutdown,
             shared,
             pool: Pool::default(),
-            read_bufs: ReadBuffers::default(),
             connector,
             active: Cell::new(0),
             stops: RefCell::new(HashMap::new()),
@@ -233,34 +201,5 @@ pub async fn run_worker(id: usize, listener: std::net::TcpListener, shared: Arc<
         while worker.active.get() > 0 && Instant::now() < deadline {
             monoio::time::sleep(Duration::from_millis(10)).await;
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::{ReadBuffers, UPSTREAM_READ};
-
-    #[test]
-    fn read_buffers_are_reused_up_to_the_limit_and_only_at_their_size() {
-        let bufs = ReadBuffers::default();
-        let mut first = bufs.take();
-        assert!(first.is_empty() && first.capacity() >= UPSTREAM_READ);
-        first.extend_from_slice(b"HTTP/1.1 200 OK\r\n");
-        let at = first.as_ptr();
-        bufs.give(first);
-        let again = bufs.take();
-        assert_eq!(again.as_ptr(), at, "the same allocation comes back");
-        assert!(again.is_empty(), "and it comes back empty");
-
-        // A buffer that grew (a large head) is freed, not kept.
-        let mut grown = again;
-        grown.reserve(UPSTREAM_READ + 1);
-        bufs.give(grown);
-        assert!(bufs.kept.borrow().is_empty());
-
-        // At most KEPT are kept, however many calls give theirs back.
-        let taken: Vec<Vec<u8>> = (0..ReadBuffers::KEPT + 10).map(|_| bufs.take()).collect();
-        taken.into_iter().for_each(|b| bufs.give(b));
-        assert_eq!(bufs.kept.borrow().len(), ReadBuffers::KEPT);
     }
 }
